@@ -1,0 +1,37 @@
+"""What a person can do with their own account."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .credentials import authenticate
+from .errors import EmailTaken, InvalidCredentials, WrongCurrentPassword
+from .keys import HASHER, POOL
+from .repo import users
+from .repo.users import User
+
+
+async def signup(app: web.Application, email: str, password: str, first_name: str | None, last_name: str | None) -> User:
+    password_hash = await app[HASHER].hash(password)  # before taking a connection
+    async with app[POOL].acquire() as conn:
+        user = await users.insert(conn, email, password_hash, first_name, last_name)
+    if user is None:
+        raise EmailTaken()
+    return user
+
+
+async def change_password(app: web.Application, user: User, current: str, new: str, address: str) -> None:
+    # The current password goes through the same throttled validator as a login, so a
+    # stolen access token cannot be used to guess it quickly.
+    try:
+        await authenticate(app, user.email, current, address)
+    except InvalidCredentials:
+        raise WrongCurrentPassword() from None
+    new_hash = await app[HASHER].hash(new)
+    async with app[POOL].acquire() as conn:
+        await users.update_password_hash(conn, user.id, new_hash)
+
+
+async def delete(app: web.Application, user: User) -> None:
+    async with app[POOL].acquire() as conn:
+        await users.delete(conn, user.id)  # todos go with it (ON DELETE CASCADE)

@@ -1,0 +1,65 @@
+"""The application factory: one Settings in, one ready-to-run aiohttp app out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp_cors
+from aiohttp import web
+
+from .config import Settings
+from .db import pool_ctx
+from .keys import HASHER, SETTINGS, TOKENS
+from .middlewares import bearer_auth, errors_to_json, security_headers
+from .passwords import PasswordHasher
+from .throttle import throttle_ctx
+from .tokens import TokenService
+from .views import auth, health, todos, users
+
+
+async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    assert s.password_pepper is not None
+    hasher = PasswordHasher(s.password_pepper, s.bcrypt_rounds, s.hash_workers, s.hash_queue)
+    await hasher.start()
+    app[HASHER] = hasher
+    yield
+    hasher.close()
+
+
+def _setup_cors(app: web.Application, origins: tuple[str, ...]) -> None:
+    if not origins:
+        return
+    # Bearer tokens travel in a header, never in cookies: no credentials mode, explicit origins.
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=False,
+        allow_headers=("Authorization", "Content-Type"),
+        expose_headers=("Location", "Retry-After", "WWW-Authenticate"),
+        allow_methods=("GET", "POST", "PUT", "PATCH", "DELETE"),
+        max_age=600,
+    )
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    for route in list(app.router.routes()):
+        cors.add(route)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the app; the database URL and secrets must already be resolved (see cli.py)."""
+    if settings.database_url is None or settings.token_secret is None or settings.password_pepper is None:
+        raise ValueError("create_app needs a database URL, a token secret and a password pepper")
+    app = web.Application(
+        middlewares=[errors_to_json, bearer_auth],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[TOKENS] = TokenService(
+        settings.token_secret, settings.issuer, settings.audience, settings.access_token_ttl, settings.token_leeway
+    )
+    app.cleanup_ctx.append(hasher_ctx)
+    app.cleanup_ctx.append(pool_ctx)
+    app.cleanup_ctx.append(throttle_ctx)
+    for module in (health, auth, users, todos):
+        app.add_routes(module.routes)
+    _setup_cors(app, settings.cors_origins)
+    app.on_response_prepare.append(security_headers)
+    return app

@@ -1,0 +1,63 @@
+"""Reading request bodies and query strings into validated data, and writing JSON answers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema, ValidationError
+
+from .errors import InvalidJson, UnsupportedMediaType, ValidationFailed
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidJson("The body is not valid UTF-8.") from None
+    if not text.strip():
+        raise InvalidJson("The body is empty; send a JSON object.")
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        raise InvalidJson("The body is nested too deeply.") from None
+    except ValueError:
+        raise InvalidJson() from None
+
+
+def load(schema: Schema, data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ValidationFailed("Send a JSON object.")
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        raise ValidationFailed(details=_messages(exc)) from None
+
+
+def _messages(exc: ValidationError) -> dict[str, Any]:
+    messages = exc.normalized_messages()
+    return messages if isinstance(messages, dict) else {"_schema": messages}
+
+
+async def read_json(request: web.Request, schema: Schema) -> dict[str, Any]:
+    """The body as a validated JSON object; 415, 413, 400 or 422 otherwise."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType()
+    if request.charset not in (None, "utf-8", "UTF-8"):
+        raise UnsupportedMediaType("Send the body as UTF-8 JSON.")
+    raw = await request.read()  # over client_max_size: 413 from aiohttp
+    return load(schema, _parse_json(raw))
+
+
+def read_query(request: web.Request, schema: Schema) -> dict[str, Any]:
+    query = request.query
+    repeated = sorted({key for key in query if len(query.getall(key)) > 1})
+    if repeated:
+        raise ValidationFailed(details={key: ["Give this parameter once."] for key in repeated})
+    return load(schema, dict(query))
+

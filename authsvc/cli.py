@@ -1,0 +1,101 @@
+"""The `authsvc` command: serve, migrate, secrets."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import asyncpg
+from aiohttp import web
+
+from . import config, embedded, migrate, secretfiles
+from .app import create_app
+from .config import ConfigError, Settings
+
+log = logging.getLogger("authsvc")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authsvc", description="Authentication service on aiohttp and PostgreSQL.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP service (applies pending migrations first)")
+    serve.add_argument("--host", help="address to listen on (AUTHSVC_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (AUTHSVC_PORT, default 8080)")
+    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    secrets = sub.add_parser("secrets", help="manage secret files in AUTHSVC_DATA_DIR")
+    secrets.add_argument("action", choices=["init"], help="init: create the missing secret files (mode 0600)")
+    return parser
+
+
+def _with_database(settings: Settings) -> Settings:
+    if settings.database_url is not None:
+        return settings
+    url, pgdata = embedded.start(settings.data_dir)
+    print(f"authsvc: embedded PostgreSQL, data kept in {pgdata}", file=sys.stderr)
+    return settings.replace(database_url=url)
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    if args.host:
+        settings = settings.replace(host=args.host)
+    if args.port is not None:
+        if not 1 <= args.port <= 65535:
+            raise ConfigError("--port", "must be from 1 to 65535")
+        settings = settings.replace(port=args.port)
+    embedded_mode = settings.embedded
+    settings = secretfiles.resolve(_with_database(settings), generate=embedded_mode)
+    app = create_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=lambda _: print(f"authsvc: listening on http://{settings.host}:{settings.port}", file=sys.stderr),
+        access_log=logging.getLogger("authsvc.access"),
+    )
+
+
+async def _migrate(url: str) -> list[migrate.Migration]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await migrate.migrate(conn)
+    finally:
+        await conn.close()
+
+
+def _run(argv: Sequence[str] | None) -> None:
+    args = _parser().parse_args(argv)
+    settings = config.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        _serve(settings, args)
+    elif args.command == "migrate":
+        settings = _with_database(settings)
+        assert settings.database_url is not None
+        applied = asyncio.run(_migrate(settings.database_url))
+        print(f"authsvc: {len(applied)} migration(s) applied" + "".join(f"\n  {m.version:04d}_{m.name}" for m in applied))
+    elif args.command == "secrets":
+        secretfiles.resolve(settings, generate=True)
+        print(f"authsvc: secrets ready in {settings.data_dir / 'secrets'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        _run(argv)
+    except ConfigError as exc:
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return 2
+    except migrate.MigrationError as exc:
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return 1
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(f"authsvc: database error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # unreachable database, port in use, unwritable data dir
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,202 @@
+"""Settings: read once from AUTHSVC_* variables, validated, frozen.
+
+Every setting is declared once in ``FIELDS``; the README's settings table and the
+docker-compose check in the tests are read against this list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PREFIX = "AUTHSVC_"
+MIN_SECRET_CHARS = 32
+MIN_SECRET_DISTINCT = 12
+
+
+class ConfigError(Exception):
+    """A setting has a bad value; the message names the variable."""
+
+    def __init__(self, var: str, problem: str) -> None:
+        super().__init__(f"{var}: {problem}")
+        self.var = var
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path(".authsvc")
+    cors_origins: tuple[str, ...] = ()
+    migrate_on_start: bool = True
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+
+    token_secret: str | None = field(default=None, repr=False)
+    password_pepper: str | None = field(default=None, repr=False)
+    issuer: str = "authsvc"
+    audience: str = "authsvc"
+    access_token_ttl: int = 900
+    token_leeway: int = 10
+    password_grant: bool = True
+
+    bcrypt_rounds: int = 12
+    hash_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    hash_queue: int = 64
+
+    login_backoff_base_ms: int = 500
+    login_backoff_max_ms: int = 30_000
+    login_failure_window: int = 900
+
+    max_body_bytes: int = 16 * 1024
+    log_level: str = "INFO"
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+# --- parsers: each returns the value or raises ValueError with a short reason ---
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip(), 10)
+        except ValueError:
+            raise ValueError(f"must be a whole number from {lo} to {hi}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be a whole number from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _text(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _database_url(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError("must be a postgresql:// URL")
+    return value
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = []
+    for item in raw.split(","):
+        item = item.strip().rstrip("/")
+        if not item:
+            continue
+        parts = urllib.parse.urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ValueError(f"{item!r} is not an origin like https://app.example.com (and '*' is not allowed)")
+        origins.append(item)
+    return tuple(origins)
+
+
+def _secret(raw: str) -> str:
+    value = raw.strip()
+    check_secret(value)
+    return value
+
+
+def check_secret(value: str) -> None:
+    if len(value) < MIN_SECRET_CHARS or len(set(value)) < MIN_SECRET_DISTINCT:
+        raise ValueError(
+            f"too short or too simple: use at least {MIN_SECRET_CHARS} random characters, e.g. the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return value
+
+
+FIELDS: dict[str, Callable[[str], Any]] = {
+    "database_url": _database_url,
+    "host": _text,
+    "port": _int(1, 65535),
+    "data_dir": lambda raw: Path(_text(raw)),
+    "cors_origins": _origins,
+    "migrate_on_start": _bool,
+    "db_pool_min": _int(1, 100),
+    "db_pool_max": _int(1, 500),
+    "token_secret": _secret,
+    "password_pepper": _secret,
+    "issuer": _text,
+    "audience": _text,
+    "access_token_ttl": _int(60, 86_400),
+    "token_leeway": _int(0, 300),
+    "password_grant": _bool,
+    "bcrypt_rounds": _int(4, 31),
+    "hash_workers": _int(1, 256),
+    "hash_queue": _int(1, 100_000),
+    "login_backoff_base_ms": _int(0, 60_000),
+    "login_backoff_max_ms": _int(0, 3_600_000),
+    "login_failure_window": _int(1, 30 * 86_400),
+    "max_body_bytes": _int(1024, 1024 * 1024),
+    "log_level": _log_level,
+}
+
+
+def env_name(name: str) -> str:
+    return PREFIX + name.upper()
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment; raise ConfigError naming the first bad variable."""
+    environ = os.environ if environ is None else environ
+    known = {env_name(name) for name in FIELDS}
+    for var in environ:
+        if var.startswith(PREFIX) and var not in known and not var.startswith("AUTHSVC_TEST_"):
+            raise ConfigError(var, "unknown setting (typo?)")
+    values: dict[str, Any] = {}
+    for name, parse in FIELDS.items():
+        var = env_name(name)
+        if var in environ:
+            try:
+                values[name] = parse(environ[var])
+            except ValueError as exc:
+                raise ConfigError(var, str(exc)) from None
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Rules across settings."""
+    if settings.db_pool_min > settings.db_pool_max:
+        raise ConfigError(env_name("db_pool_min"), "must not exceed AUTHSVC_DB_POOL_MAX")
+    if settings.login_backoff_base_ms > settings.login_backoff_max_ms:
+        raise ConfigError(env_name("login_backoff_base_ms"), "must not exceed AUTHSVC_LOGIN_BACKOFF_MAX_MS")
+    if settings.token_secret is not None and settings.token_secret == settings.password_pepper:
+        raise ConfigError(env_name("password_pepper"), "must differ from AUTHSVC_TOKEN_SECRET")

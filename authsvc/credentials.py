@@ -1,0 +1,56 @@
+"""The credential validator shared by every login path (/auth, /auth/token, password change)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import web
+
+from .errors import InvalidCredentials
+from .keys import HASHER, POOL, THROTTLE
+from .repo import users
+from .repo.users import User
+
+log = logging.getLogger(__name__)
+
+
+async def authenticate(app: web.Application, identifier: str, password: str, address: str) -> User:
+    """Return the user whose password this is, or raise InvalidCredentials after the backoff.
+
+    Unknown identifiers take the same path as wrong passwords: same counters, a bcrypt
+    check against a dummy hash, the same delay and the same error.
+    """
+    hasher = app[HASHER]
+    attempt = await app[THROTTLE].acquire(identifier, address)
+    try:
+        async with app[POOL].acquire() as conn:
+            user = await users.select_by_email(conn, identifier)
+        # The connection is back in the pool before the slow part.
+        ok = await hasher.verify(password, user.password_hash if user else None)
+    except BaseException:
+        # No outcome: give the claim back (it expires by itself if even this fails).
+        with contextlib.suppress(Exception):
+            await asyncio.shield(attempt.abandon())
+        raise
+    if ok and user is not None:
+        await attempt.succeeded()
+        if hasher.needs_rehash(user.password_hash):
+            await _upgrade_hash(app, user, password)
+        return user
+    delay = await attempt.failed()
+    await asyncio.sleep(delay)
+    raise InvalidCredentials()
+
+
+async def _upgrade_hash(app: web.Application, user: User, password: str) -> None:
+    """Re-hash at the configured cost after the cost setting changed; best effort."""
+    try:
+        new_hash = await app[HASHER].hash(password)
+        async with app[POOL].acquire() as conn:
+            await users.update_password_hash(conn, user.id, new_hash, expected_old=user.password_hash)
+    except Exception:
+        log.warning("could not upgrade the password hash of user %s", user.id, exc_info=True)
+        return
+    log.info("upgraded the password hash of user %s to the configured cost", user.id)

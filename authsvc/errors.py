@@ -1,0 +1,139 @@
+"""Domain errors: each carries its HTTP status and a stable snake_case code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    status = 400
+    code = "bad_request"
+    message = "The request is not valid."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.details = details
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class InvalidRequest(ApiError):
+    code = "invalid_request"
+
+
+class OAuthError(ApiError):
+    """RFC 6749 section 5.2 error: 400 with `error` and `error_description`."""
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(description)
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "error_description": self.message, "message": self.message}
+
+
+class InvalidJson(ApiError):
+    code = "invalid_json"
+    message = "The body is not valid JSON."
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+    message = "Send the body as application/json."
+
+
+class ValidationFailed(ApiError):
+    status = 422
+    code = "validation_failed"
+    message = "Some fields are not valid."
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+    message = "Nothing here."
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class EmailTaken(Conflict):
+    code = "email_taken"
+    message = "An account with this email already exists."
+
+
+class WrongCurrentPassword(ApiError):
+    status = 403
+    code = "invalid_current_password"
+    message = "The current password is not correct."
+
+
+class InvalidCredentials(ApiError):
+    # One message for unknown user, wrong password and throttled-but-correct: no enumeration.
+    status = 401
+    code = "invalid_credentials"
+    message = "The email or password is not correct."
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+    message = "Send a bearer token in the Authorization header."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="authsvc"'})
+
+
+class InvalidToken(ApiError):
+    status = 401
+    code = "invalid_token"
+    message = "The access token is invalid or has expired."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message,
+            headers={"WWW-Authenticate": 'Bearer realm="authsvc", error="invalid_token"'},
+        )
+
+
+class TooManyAttempts(ApiError):
+    status = 429
+    code = "too_many_attempts"
+    message = "Too many attempts; try again later."
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(headers={"Retry-After": str(max(1, retry_after))})
+        self.retry_after = max(1, retry_after)
+
+
+class Busy(ApiError):
+    status = 503
+    code = "busy"
+    message = "The service is busy; try again shortly."
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__(headers={"Retry-After": str(retry_after)})
+
+
+class Unavailable(ApiError):
+    status = 503
+    code = "unavailable"
+    message = "The database is not available."
+
+    def __init__(self, retry_after: int = 2) -> None:
+        super().__init__(headers={"Retry-After": str(retry_after)})

@@ -1,0 +1,24 @@
+"""Every piece of shared application and request state, under a typed key."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import asyncpg
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .passwords import PasswordHasher
+    from .repo.users import User
+    from .throttle import LoginThrottle
+    from .tokens import TokenService
+
+SETTINGS = web.AppKey("settings", "Settings")
+POOL = web.AppKey("pool", asyncpg.Pool)
+HASHER = web.AppKey("hasher", "PasswordHasher")
+TOKENS = web.AppKey("tokens", "TokenService")
+THROTTLE = web.AppKey("throttle", "LoginThrottle")
+
+# Set by the bearer middleware on protected routes.
+CURRENT_USER = web.RequestKey("current_user", "User")

@@ -1,0 +1,1 @@
+"""SQL, one module per table: explicit columns, $n parameters, rows to frozen dataclasses."""

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+COLUMNS = "id, owner_id, text, completed, created_at, updated_at"
+
+
+@dataclass(frozen=True)
+class Todo:
+    id: int
+    owner_id: int
+    text: str
+    completed: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+def _todo(row: asyncpg.Record | None) -> Todo | None:
+    return Todo(**row) if row is not None else None
+
+
+async def insert(conn: asyncpg.Connection, owner_id: int, text: str, completed: bool) -> Todo:
+    row = await conn.fetchrow(
+        f"INSERT INTO todos (owner_id, text, completed) VALUES ($1, $2, $3) RETURNING {COLUMNS}",
+        owner_id,
+        text,
+        completed,
+    )
+    return Todo(**row)
+
+
+async def select_page(
+    conn: asyncpg.Connection, owner_id: int, limit: int, offset: int, completed: bool | None
+) -> list[Todo]:
+    rows = await conn.fetch(
+        f"""
+        SELECT {COLUMNS} FROM todos
+         WHERE owner_id = $1 AND ($2::boolean IS NULL OR completed = $2)
+         ORDER BY id
+         LIMIT $3 OFFSET $4
+        """,
+        owner_id,
+        completed,
+        limit,
+        offset,
+    )
+    return [Todo(**r) for r in rows]
+
+
+# Every statement below is scoped by owner: another user's todo is simply not found.
+
+
+async def select_one(conn: asyncpg.Connection, owner_id: int, todo_id: int) -> Todo | None:
+    return _todo(await conn.fetchrow(f"SELECT {COLUMNS} FROM todos WHERE id = $1 AND owner_id = $2", todo_id, owner_id))
+
+
+async def update(
+    conn: asyncpg.Connection, owner_id: int, todo_id: int, text: str | None, completed: bool | None
+) -> Todo | None:
+    """Change the given fields (None keeps the current value)."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE todos
+           SET text = coalesce($3, text), completed = coalesce($4, completed), updated_at = now()
+         WHERE id = $1 AND owner_id = $2
+        RETURNING {COLUMNS}
+        """,
+        todo_id,
+        owner_id,
+        text,
+        completed,
+    )
+    return _todo(row)
+
+
+async def delete(conn: asyncpg.Connection, owner_id: int, todo_id: int) -> bool:
+    return await conn.execute("DELETE FROM todos WHERE id = $1 AND owner_id = $2", todo_id, owner_id) == "DELETE 1"

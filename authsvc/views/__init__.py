@@ -1,0 +1,1 @@
+"""HTTP handlers: parse the request, call the service or repository, answer JSON."""

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from aiohttp import web
+
+from .. import accounts
+from ..bodies import read_json
+from ..errors import InvalidToken
+from ..keys import CURRENT_USER, POOL
+from ..middlewares import public
+from ..repo import users
+from ..schemas import PasswordChangeSchema, SignupSchema, UserPatchSchema, UserSchema
+from .common import client_address
+
+routes = web.RouteTableDef()
+
+signup_schema = SignupSchema()
+patch_schema = UserPatchSchema()
+password_schema = PasswordChangeSchema()
+user_out = UserSchema()
+
+
+@routes.post("/users")
+@public
+async def signup(request: web.Request) -> web.Response:
+    data = await read_json(request, signup_schema)
+    user = await accounts.signup(
+        request.app, data["email"], data["password"], data.get("first_name"), data.get("last_name")
+    )
+    return web.json_response(user_out.dump(user), status=201, headers={"Location": "/users/me"})
+
+
+@routes.get("/users/me")
+async def me(request: web.Request) -> web.Response:
+    return web.json_response(user_out.dump(request[CURRENT_USER]))
+
+
+@routes.patch("/users/me")
+async def update_me(request: web.Request) -> web.Response:
+    changes = await read_json(request, patch_schema)
+    user = request[CURRENT_USER]
+    if changes:
+        async with request.app[POOL].acquire() as conn:
+            user = await users.update_names(conn, user.id, changes)
+        if user is None:  # deleted meanwhile
+            raise InvalidToken()
+    return web.json_response(user_out.dump(user))
+
+
+@routes.post("/users/me/password")
+async def change_password(request: web.Request) -> web.Response:
+    data = await read_json(request, password_schema)
+    await accounts.change_password(
+        request.app, request[CURRENT_USER], data["current_password"], data["new_password"], client_address(request)
+    )
+    return web.Response(status=204)
+
+
+@routes.delete("/users/me")
+async def delete_me(request: web.Request) -> web.Response:
+    await accounts.delete(request.app, request[CURRENT_USER])
+    return web.Response(status=204)
