@@ -80,8 +80,11 @@ def bearer_token(request: web.Request) -> str:
     if header is None:
         raise Unauthorized()
     scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        # Another scheme is no credentials at all for us (RFC 6750 3.1): a bare challenge.
+        raise Unauthorized("Use `Authorization: Bearer <token>`.")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    if not token:
         raise InvalidToken("Use `Authorization: Bearer <token>`.")
     return token
 
