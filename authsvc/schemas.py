@@ -139,9 +139,18 @@ class TodoPatchSchema(Base):
     completed = StrictBoolean()
 
 
+class QueryInteger(fields.Integer):
+    """A whole number in a query string: ASCII digits only (no "1_0", no other scripts' digits)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not (isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class TodoListQuery(Base):
-    limit = fields.Integer(load_default=50, strict=False, validate=validate.Range(1, 200))
-    offset = fields.Integer(load_default=0, strict=False, validate=validate.Range(0, 1_000_000_000))
+    limit = QueryInteger(load_default=50, validate=validate.Range(1, 200))
+    offset = QueryInteger(load_default=0, validate=validate.Range(0, 1_000_000_000))
     completed = fields.Boolean(truthy={"true"}, falsy={"false"})
 
 

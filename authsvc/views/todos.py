@@ -60,8 +60,11 @@ async def get_todo(request: web.Request) -> web.Response:
 async def _update(request: web.Request, schema: TodoPatchSchema | TodoPutSchema) -> web.Response:
     todo_id = _todo_id(request)
     data = await read_json(request, schema)
+    owner_id = request[CURRENT_USER].id
     async with request.app[POOL].acquire() as conn:
-        todo = await todos.update(conn, request[CURRENT_USER].id, todo_id, data.get("text"), data.get("completed"))
+        if not data:  # an empty PATCH changes nothing, not even updated_at
+            return _found(await todos.select_one(conn, owner_id, todo_id))
+        todo = await todos.update(conn, owner_id, todo_id, data.get("text"), data.get("completed"))
     return _found(todo)
 
 
