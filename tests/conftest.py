@@ -1,0 +1,190 @@
+"""Shared fixtures: one real PostgreSQL database per test run, an app and a client per test.
+
+The server is AUTHSVC_TEST_DATABASE_URL when set (any database on it: the run creates its
+own database beside it and drops it at the end), else an embedded PostgreSQL in a
+temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import secrets
+import tempfile
+import threading
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import bcrypt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from authsvc import embedded, migrate
+from authsvc.app import create_app
+from authsvc.config import Settings
+
+from helpers import bearer, login, signup
+
+TABLES = "todos, login_backoff, users"
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A URL of a database on the server the tests may create databases on."""
+    given = os.environ.get("AUTHSVC_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="authsvc-test-") as tmp:
+        server = embedded.start_server(Path(tmp) / "pgdata", delete_on_exit=True)
+        try:
+            yield server.get_uri("postgres")
+        finally:
+            server.cleanup()
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """asyncio.run, also from inside a running loop (on a helper thread): set-up code only."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+class Databases:
+    """Creates throw-away databases on the test server and drops them all at the end."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.created: list[str] = []
+
+    def create(self, *, migrated: bool = True) -> str:
+        """A new database's URL; callable from sync and async code alike."""
+        name = f"authsvc_test_{uuid.uuid4().hex[:12]}"
+        _run_coroutine(self._create(name, migrated))
+        self.created.append(name)
+        return _with_database(self.server_url, name)
+
+    async def _create(self, name: str, migrated: bool) -> None:
+        conn = await asyncpg.connect(self.server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        if migrated:
+            conn = await asyncpg.connect(_with_database(self.server_url, name))
+            try:
+                await migrate.migrate(conn)
+            finally:
+                await conn.close()
+
+    async def _drop_all(self) -> None:
+        conn = await asyncpg.connect(self.server_url)
+        try:
+            for name in self.created:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    def drop_all(self) -> None:
+        _run_coroutine(self._drop_all())
+
+
+@pytest.fixture(scope="session")
+def databases(pg_server_url: str) -> Iterator[Databases]:
+    dbs = Databases(pg_server_url)
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture(scope="session")
+def database_url(databases: Databases) -> str:
+    """The run's own migrated database, shared by the tests and emptied before each."""
+    return databases.create()
+
+
+@pytest.fixture(scope="session")
+def base_settings(database_url: str) -> Settings:
+    # Cheap bcrypt and millisecond backoff: the rules are the same, the suite stays fast.
+    return Settings(
+        database_url=database_url,
+        token_secret=secrets.token_urlsafe(48),
+        password_pepper=secrets.token_urlsafe(48),
+        bcrypt_rounds=4,
+        hash_workers=2,
+        login_backoff_base_ms=1,
+        login_backoff_max_ms=8,
+        db_pool_min=1,
+        db_pool_max=10,
+    )
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    return base_settings
+
+
+@pytest.fixture(autouse=True)
+async def clean_database(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def bcrypt_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Fail any test during which bcrypt ran on a thread with a running event loop."""
+    offences: list[str] = []
+
+    def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+                offences.append(f"{fn.__name__} on {threading.current_thread().name}")
+            except RuntimeError:
+                pass
+            return fn(*args)
+
+        return wrapper
+
+    monkeypatch.setattr(bcrypt, "hashpw", guard(bcrypt.hashpw))
+    monkeypatch.setattr(bcrypt, "checkpw", guard(bcrypt.checkpw))
+    yield offences
+    assert not offences, f"bcrypt ran on the event loop: {offences}"
+
+
+@pytest.fixture
+def app(settings: Settings) -> web.Application:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, app: web.Application) -> TestClient:
+    return await aiohttp_client(app)
+
+
+@pytest.fixture
+async def user_token(client: TestClient) -> str:
+    """A signed-up user's access token."""
+    await signup(client, "owner@example.com")
+    return await login(client, "owner@example.com")
+
+
+@pytest.fixture
+async def auth(user_token: str) -> dict[str, str]:
+    return bearer(user_token)

@@ -1,0 +1,182 @@
+"""The `authsvc` command as an operator runs it: real processes, real HTTP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from helpers import PASSWORD
+
+COMMAND = [sys.executable, "-m", "authsvc"]
+
+
+def _env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
+    env.update(settings)
+    return env
+
+
+def _run(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*COMMAND, *args], env=_env(**settings), capture_output=True, text=True, timeout=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    base: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@asynccontextmanager
+async def serving(cwd: Path, **settings: str) -> AsyncIterator[Served]:
+    port = _free_port()
+    log = cwd / f"serve-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*COMMAND, "serve", "--port", str(port)], cwd=cwd, env=_env(**settings), stdout=out, stderr=out
+        )
+    served = Served(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                if proc.poll() is not None:
+                    pytest.fail(f"authsvc exited early:\n{served.output}")
+                try:
+                    async with http.get(served.base + "/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("authsvc did not become ready in 30 s")
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "authsvc"
+    assert script.exists(), "pip install should put `authsvc` beside python"
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("AUTHSVC_PORT", "http"), ("AUTHSVC_BCRYPT_ROUNDS", "100"), ("AUTHSVC_CORS_ORIGINS", "*")],
+)
+def test_bad_setting_stops_start_with_one_line(var, value):
+    result = _run("serve", **{var: value})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"authsvc: {var}: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_external_database_without_secrets_is_refused(database_url, tmp_path):
+    result = _run("serve", AUTHSVC_DATABASE_URL=database_url, AUTHSVC_DATA_DIR=str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("authsvc: AUTHSVC_TOKEN_SECRET: not set")
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_database_is_one_line(tmp_path):
+    result = _run(
+        "migrate",
+        AUTHSVC_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+        AUTHSVC_DATA_DIR=str(tmp_path),
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_migrate_command(databases):
+    url = databases.create(migrated=False)
+    first = _run("migrate", AUTHSVC_DATABASE_URL=url)
+    assert first.returncode == 0, first.stderr
+    assert "0001_init" in first.stdout
+    again = _run("migrate", AUTHSVC_DATABASE_URL=url)
+    assert again.returncode == 0 and "0 migration(s) applied" in again.stdout
+
+
+def test_secrets_init_creates_private_files(tmp_path):
+    result = _run("secrets", "init", AUTHSVC_DATA_DIR=str(tmp_path), AUTHSVC_DATABASE_URL="postgresql://x@db/y")
+    assert result.returncode == 0, result.stderr
+    for name in ("token_secret", "password_pepper"):
+        path = tmp_path / "secrets" / name
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.read_text().strip() not in result.stdout + result.stderr
+
+
+async def test_serve_on_an_external_database(databases, tmp_path):
+    url = databases.create(migrated=False)  # serve applies the migrations itself
+    settings = {
+        "AUTHSVC_DATABASE_URL": url,
+        "AUTHSVC_TOKEN_SECRET": secrets.token_urlsafe(48),
+        "AUTHSVC_PASSWORD_PEPPER": secrets.token_urlsafe(48),
+        "AUTHSVC_BCRYPT_ROUNDS": "4",
+    }
+    async with serving(tmp_path, **settings) as served, aiohttp.ClientSession() as http:
+        async with http.post(served.base + "/users", json={"email": "ext@example.com", "password": PASSWORD}) as resp:
+            assert resp.status == 201
+        async with http.post(served.base + "/auth", json={"username": "ext@example.com", "password": PASSWORD}) as r:
+            assert r.status == 200
+    assert served.proc.returncode == 0
+    out = served.output
+    assert settings["AUTHSVC_TOKEN_SECRET"] not in out and PASSWORD not in out
+
+
+@pytest.mark.slow
+async def test_serve_embedded_keeps_data_and_secrets_across_restarts(tmp_path):
+    """The README's run command: no database URL, a private PostgreSQL in the data dir."""
+    settings = {"AUTHSVC_BCRYPT_ROUNDS": "4"}  # data dir: the default ./.authsvc under cwd
+    credentials = {"username": "first@example.com", "password": PASSWORD}
+    async with serving(tmp_path, **settings) as served, aiohttp.ClientSession() as http:
+        async with http.post(served.base + "/users", json={"email": "first@example.com", "password": PASSWORD}) as r:
+            assert r.status == 201
+        async with http.post(served.base + "/auth", json=credentials) as resp:
+            token = (await resp.json())["access_token"]
+    assert served.proc.returncode == 0
+    out = served.output
+    assert "embedded PostgreSQL" in out and str(tmp_path / ".authsvc" / "pgdata") in out
+    secret_file = tmp_path / ".authsvc" / "secrets" / "token_secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    assert secret_file.read_text().strip() not in out
+
+    async with serving(tmp_path, **settings) as served, aiohttp.ClientSession() as http:
+        # Same user, and the token of the first run still verifies: data and secret were kept.
+        async with http.get(served.base + "/users/me", headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["email"] == "first@example.com"
+        async with http.post(served.base + "/auth", json=credentials) as resp:
+            assert resp.status == 200
+    assert served.proc.returncode == 0

@@ -1,0 +1,121 @@
+"""Settings from AUTHSVC_* variables, and the secret files of the data dir."""
+
+from __future__ import annotations
+
+import secrets
+import stat
+from pathlib import Path
+
+import pytest
+
+from authsvc import config, secretfiles
+from authsvc.config import ConfigError, Settings
+
+GOOD_SECRET = secrets.token_urlsafe(48)
+
+
+def test_defaults_without_environment():
+    s = config.from_env({})
+    assert s.database_url is None and s.embedded
+    assert (s.host, s.port, s.bcrypt_rounds) == ("127.0.0.1", 8080, 12)
+    assert s.data_dir == Path(".authsvc")
+    assert s.cors_origins == ()
+
+
+def test_values_are_parsed():
+    s = config.from_env(
+        {
+            "AUTHSVC_DATABASE_URL": "postgresql://u@db:5432/authsvc",
+            "AUTHSVC_PORT": "9000",
+            "AUTHSVC_BCRYPT_ROUNDS": "10",
+            "AUTHSVC_CORS_ORIGINS": "https://a.example.com, http://localhost:3000/",
+            "AUTHSVC_PASSWORD_GRANT": "off",
+            "AUTHSVC_TOKEN_SECRET": GOOD_SECRET,
+        }
+    )
+    assert s.port == 9000 and s.bcrypt_rounds == 10 and not s.password_grant
+    assert s.cors_origins == ("https://a.example.com", "http://localhost:3000")
+    assert not s.embedded
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("AUTHSVC_PORT", "eighty"),
+        ("AUTHSVC_PORT", "70000"),
+        ("AUTHSVC_BCRYPT_ROUNDS", "3"),
+        ("AUTHSVC_BCRYPT_ROUNDS", "32"),
+        ("AUTHSVC_DATABASE_URL", "mysql://x@y/z"),
+        ("AUTHSVC_CORS_ORIGINS", "*"),
+        ("AUTHSVC_CORS_ORIGINS", "https://a.example.com/path"),
+        ("AUTHSVC_MIGRATE_ON_START", "maybe"),
+        ("AUTHSVC_TOKEN_SECRET", "hunter2"),
+        ("AUTHSVC_TOKEN_SECRET", "a" * 64),
+        ("AUTHSVC_PASSWORD_PEPPER", "correct-horse-battery-staple-123"[:20]),
+        ("AUTHSVC_HOST", "  "),
+        ("AUTHSVC_LOG_LEVEL", "LOUD"),
+        ("AUTHSVC_NO_SUCH_SETTING", "1"),
+    ],
+)
+def test_bad_value_names_the_variable(var, value):
+    with pytest.raises(ConfigError) as err:
+        config.from_env({var: value})
+    assert err.value.var == var
+    assert str(err.value).startswith(f"{var}: ")
+    assert "\n" not in str(err.value)
+
+
+def test_a_bad_secret_is_not_echoed():
+    with pytest.raises(ConfigError) as err:
+        config.from_env({"AUTHSVC_TOKEN_SECRET": "my-own-secret-value"})
+    assert "my-own-secret-value" not in str(err.value)
+
+
+def test_cross_checks():
+    with pytest.raises(ConfigError, match="AUTHSVC_DB_POOL_MIN"):
+        config.from_env({"AUTHSVC_DB_POOL_MIN": "20", "AUTHSVC_DB_POOL_MAX": "5"})
+    with pytest.raises(ConfigError, match="AUTHSVC_PASSWORD_PEPPER"):
+        config.from_env({"AUTHSVC_TOKEN_SECRET": GOOD_SECRET, "AUTHSVC_PASSWORD_PEPPER": GOOD_SECRET})
+
+
+def test_secrets_never_in_repr():
+    s = Settings(token_secret=GOOD_SECRET, password_pepper=secrets.token_urlsafe(48))
+    assert GOOD_SECRET not in repr(s)
+
+
+def test_embedded_mode_generates_secrets_once(tmp_path):
+    s = Settings(data_dir=tmp_path)
+    first = secretfiles.resolve(s)
+    again = secretfiles.resolve(s)
+    assert first.token_secret and first.password_pepper
+    assert first.token_secret != first.password_pepper
+    assert (again.token_secret, again.password_pepper) == (first.token_secret, first.password_pepper)
+    for name in secretfiles.SECRET_NAMES:
+        mode = stat.S_IMODE((tmp_path / "secrets" / name).stat().st_mode)
+        assert mode == 0o600
+
+
+def test_external_database_needs_secrets(tmp_path):
+    s = Settings(database_url="postgresql://u@db/authsvc", data_dir=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        secretfiles.resolve(s)
+    assert err.value.var == "AUTHSVC_TOKEN_SECRET"
+    assert not (tmp_path / "secrets").exists()
+
+
+def test_secret_files_are_read_and_checked(tmp_path):
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "token_secret").write_text(GOOD_SECRET + "\n")
+    (tmp_path / "secrets" / "password_pepper").write_text("short\n")
+    s = Settings(database_url="postgresql://u@db/authsvc", data_dir=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        secretfiles.resolve(s)
+    assert err.value.var == "AUTHSVC_PASSWORD_PEPPER"
+
+
+def test_environment_wins_over_files(tmp_path):
+    s = secretfiles.resolve(Settings(data_dir=tmp_path))
+    chosen = secrets.token_urlsafe(48)
+    again = secretfiles.resolve(Settings(data_dir=tmp_path, token_secret=chosen))
+    assert again.token_secret == chosen
+    assert again.password_pepper == s.password_pepper

@@ -1,0 +1,511 @@
+"""Owner-scoped todos: CRUD, listing, validation, IDOR and hostile ids against the real service."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from helpers import bearer, login, signup
+
+TODO_FIELDS = {"id", "text", "completed", "created_at", "updated_at"}
+
+
+# --- helpers ---
+
+
+async def create(client: TestClient, headers: dict[str, str], text: str = "buy milk", **fields: Any) -> dict[str, Any]:
+    resp = await client.post("/todos", json={"text": text, **fields}, headers=headers)
+    assert resp.status == 201, await resp.text()
+    return await resp.json()
+
+
+async def expect_error(resp: Any, status: int, code: str) -> dict[str, Any]:
+    """Assert the JSON error shape, status and code; return the body."""
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert body["error"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    assert set(body) <= {"error", "message", "details"}
+    return body
+
+
+async def fetch(database_url: str, query: str, *args: Any) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [dict(r) for r in await conn.fetch(query, *args)]
+    finally:
+        await conn.close()
+
+
+async def db_todo(database_url: str, todo_id: int) -> dict[str, Any] | None:
+    rows = await fetch(database_url, "SELECT * FROM todos WHERE id = $1", todo_id)
+    return rows[0] if rows else None
+
+
+async def db_todos(database_url: str) -> list[dict[str, Any]]:
+    return await fetch(database_url, "SELECT * FROM todos ORDER BY id")
+
+
+async def user_id(database_url: str, email: str) -> int:
+    rows = await fetch(database_url, "SELECT id FROM users WHERE email = $1", email)
+    return rows[0]["id"]
+
+
+async def insert_many(database_url: str, owner_id: int, count: int) -> None:
+    # Bulk rows straight into the real table: listing limits need more rows than is worth POSTing.
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO todos (owner_id, text) SELECT $1, 'todo ' || g FROM generate_series(1, $2) g",
+            owner_id,
+            count,
+        )
+    finally:
+        await conn.close()
+
+
+def aware(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    assert parsed.tzinfo is not None, value
+    return parsed
+
+
+@pytest.fixture
+async def other(client: TestClient, auth: dict[str, str]) -> dict[str, str]:
+    """Bearer headers of a second user (signed up after the owner)."""
+    await signup(client, "other@example.com")
+    return bearer(await login(client, "other@example.com"))
+
+
+# --- create ---
+
+
+async def test_create_returns_201_with_the_todo_and_location(client, auth, database_url):
+    resp = await client.post("/todos", json={"text": "buy milk"}, headers=auth)
+    assert resp.status == 201, await resp.text()
+    todo = await resp.json()
+    # The owner is implied by the token: the body neither needs nor shows it.
+    assert set(todo) == TODO_FIELDS
+    assert isinstance(todo["id"], int) and todo["id"] > 0
+    assert todo["text"] == "buy milk"
+    assert todo["completed"] is False
+    assert aware(todo["updated_at"]) >= aware(todo["created_at"])
+    assert resp.headers["Location"] == f"/todos/{todo['id']}"
+
+    again = await client.get(resp.headers["Location"], headers=auth)
+    assert again.status == 200
+    assert await again.json() == todo
+
+    row = await db_todo(database_url, todo["id"])
+    assert row is not None
+    assert row["owner_id"] == await user_id(database_url, "owner@example.com")
+    assert (row["text"], row["completed"]) == ("buy milk", False)
+
+
+async def test_create_accepts_completed_true(client, auth, database_url):
+    todo = await create(client, auth, "done already", completed=True)
+    assert todo["completed"] is True
+    assert (await db_todo(database_url, todo["id"]))["completed"] is True
+
+
+async def test_create_accepts_text_of_exactly_1000_characters(client, auth):
+    todo = await create(client, auth, "x" * 1000)
+    assert todo["text"] == "x" * 1000
+
+
+async def test_text_with_sql_metacharacters_is_stored_verbatim(client, auth, database_url):
+    text = "'; DROP TABLE todos; -- \" \\ %_ $1"
+    todo = await create(client, auth, text)
+    assert todo["text"] == text
+    resp = await client.get(f"/todos/{todo['id']}", headers=auth)
+    assert (await resp.json())["text"] == text
+    # The table is still there and holds the text as sent.
+    assert [r["text"] for r in await db_todos(database_url)] == [text]
+
+
+async def test_unicode_text_is_stored_verbatim(client, auth, database_url):
+    text = "café ☕ 🎉 日本語 \t tabs  and  spaces "
+    todo = await create(client, auth, text)
+    assert todo["text"] == text
+    assert (await db_todo(database_url, todo["id"]))["text"] == text
+
+
+# --- read and list ---
+
+
+async def test_get_returns_own_todo(client, auth):
+    todo = await create(client, auth)
+    resp = await client.get(f"/todos/{todo['id']}", headers=auth)
+    assert resp.status == 200
+    assert await resp.json() == todo
+
+
+async def test_list_is_a_json_array_of_own_todos_ordered_by_id(client, auth):
+    created = [await create(client, auth, f"todo {i}") for i in range(4)]
+    # Touching an early todo must not move it: the order is by id, not by update time.
+    resp = await client.patch(f"/todos/{created[0]['id']}", json={"completed": True}, headers=auth)
+    assert resp.status == 200
+    resp = await client.get("/todos", headers=auth)
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    listed = await resp.json()
+    assert isinstance(listed, list)
+    assert [t["id"] for t in listed] == [t["id"] for t in created]
+    assert all(set(t) == TODO_FIELDS for t in listed)
+
+
+async def test_list_is_empty_array_when_there_are_none(client, auth):
+    resp = await client.get("/todos", headers=auth)
+    assert resp.status == 200
+    assert await resp.json() == []
+
+
+async def test_list_limit_defaults_to_50(client, auth):
+    created = [await create(client, auth, f"todo {i}") for i in range(55)]
+    resp = await client.get("/todos", headers=auth)
+    assert resp.status == 200
+    assert [t["id"] for t in await resp.json()] == [t["id"] for t in created[:50]]
+
+
+async def test_list_limit_allows_at_most_200(client, auth, database_url):
+    await insert_many(database_url, await user_id(database_url, "owner@example.com"), 205)
+    resp = await client.get("/todos?limit=200", headers=auth)
+    assert resp.status == 200
+    assert len(await resp.json()) == 200
+
+
+async def test_list_limit_and_offset_page_through(client, auth):
+    ids = [(await create(client, auth, f"todo {i}"))["id"] for i in range(5)]
+    pages = []
+    for offset in (0, 2, 4, 6):
+        resp = await client.get(f"/todos?limit=2&offset={offset}", headers=auth)
+        assert resp.status == 200
+        pages.append([t["id"] for t in await resp.json()])
+    assert pages == [ids[0:2], ids[2:4], ids[4:5], []]
+
+
+async def test_list_filters_by_completed(client, auth):
+    done = [(await create(client, auth, f"done {i}", completed=True))["id"] for i in range(2)]
+    open_ = [(await create(client, auth, f"open {i}"))["id"] for i in range(3)]
+    resp = await client.get("/todos?completed=true", headers=auth)
+    assert resp.status == 200
+    assert [t["id"] for t in await resp.json()] == done
+    resp = await client.get("/todos?completed=false", headers=auth)
+    assert resp.status == 200
+    assert [t["id"] for t in await resp.json()] == open_
+
+
+async def test_list_filter_combines_with_limit_and_offset(client, auth):
+    done = []
+    for i in range(6):
+        todo = await create(client, auth, f"todo {i}", completed=i % 2 == 0)
+        if todo["completed"]:
+            done.append(todo["id"])
+    resp = await client.get("/todos?completed=true&limit=1&offset=1", headers=auth)
+    assert resp.status == 200
+    assert [t["id"] for t in await resp.json()] == done[1:2]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=201", "limit"),
+        ("limit=0", "limit"),
+        ("limit=-5", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=1.5", "limit"),
+        ("limit=", "limit"),
+        ("limit=99999999999999999999", "limit"),
+        ("offset=-1", "offset"),
+        ("offset=abc", "offset"),
+        # Far past bigint: refused, not passed on to PostgreSQL to overflow into a 500.
+        ("offset=99999999999999999999", "offset"),
+        ("completed=yes", "completed"),
+        ("completed=1", "completed"),
+        ("completed=", "completed"),
+        ("completed=%27%3B%20DROP%20TABLE%20todos%3B%20--", "completed"),
+        ("sort=id", "sort"),
+        ("owner_id=1", "owner_id"),
+        ("limit=1&limit=2", "limit"),
+        ("completed=true&completed=false", "completed"),
+    ],
+)
+async def test_list_refuses_bad_query_parameters(client, auth, query, field):
+    await create(client, auth)
+    body = await expect_error(await client.get(f"/todos?{query}", headers=auth), 422, "validation_failed")
+    # Per-field messages name the parameter at fault.
+    assert field in body["details"]
+
+
+# --- update ---
+
+
+async def test_patch_text_only_keeps_completed(client, auth, database_url):
+    todo = await create(client, auth, "old", completed=True)
+    resp = await client.patch(f"/todos/{todo['id']}", json={"text": "new"}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    changed = await resp.json()
+    assert (changed["id"], changed["text"], changed["completed"]) == (todo["id"], "new", True)
+    assert changed["created_at"] == todo["created_at"]
+    assert aware(changed["updated_at"]) >= aware(todo["updated_at"])
+    row = await db_todo(database_url, todo["id"])
+    assert (row["text"], row["completed"]) == ("new", True)
+
+
+async def test_patch_completed_only_keeps_text(client, auth, database_url):
+    todo = await create(client, auth, "keep me")
+    resp = await client.patch(f"/todos/{todo['id']}", json={"completed": True}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    changed = await resp.json()
+    assert (changed["text"], changed["completed"]) == ("keep me", True)
+    row = await db_todo(database_url, todo["id"])
+    assert (row["text"], row["completed"]) == ("keep me", True)
+
+
+async def test_patch_can_set_completed_back_to_false(client, auth, database_url):
+    # false must be applied, not mistaken for "not given".
+    todo = await create(client, auth, completed=True)
+    resp = await client.patch(f"/todos/{todo['id']}", json={"completed": False}, headers=auth)
+    assert resp.status == 200
+    assert (await resp.json())["completed"] is False
+    assert (await db_todo(database_url, todo["id"]))["completed"] is False
+
+
+async def test_patch_with_empty_object_changes_nothing(client, auth, database_url):
+    todo = await create(client, auth, "as is", completed=True)
+    before = await db_todo(database_url, todo["id"])
+    resp = await client.patch(f"/todos/{todo['id']}", json={}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    same = await resp.json()
+    assert {k: same[k] for k in ("id", "text", "completed", "created_at")} == {
+        k: todo[k] for k in ("id", "text", "completed", "created_at")
+    }
+    after = await db_todo(database_url, todo["id"])
+    keep = ("id", "owner_id", "text", "completed", "created_at")
+    assert {k: after[k] for k in keep} == {k: before[k] for k in keep}
+
+
+async def test_put_replaces_both_fields(client, auth, database_url):
+    todo = await create(client, auth, "old")
+    resp = await client.put(f"/todos/{todo['id']}", json={"text": "new", "completed": True}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    replaced = await resp.json()
+    assert set(replaced) == TODO_FIELDS
+    assert (replaced["id"], replaced["text"], replaced["completed"]) == (todo["id"], "new", True)
+    assert replaced["created_at"] == todo["created_at"]
+    row = await db_todo(database_url, todo["id"])
+    assert (row["text"], row["completed"]) == ("new", True)
+
+
+@pytest.mark.parametrize(
+    ("body", "missing"),
+    [({"text": "new"}, "completed"), ({"completed": True}, "text"), ({}, "text")],
+)
+async def test_put_needs_both_fields_and_changes_nothing_without_them(client, auth, database_url, body, missing):
+    todo = await create(client, auth, "old")
+    before = await db_todo(database_url, todo["id"])
+    resp = await client.put(f"/todos/{todo['id']}", json=body, headers=auth)
+    assert missing in (await expect_error(resp, 422, "validation_failed"))["details"]
+    assert await db_todo(database_url, todo["id"]) == before
+
+
+# --- delete ---
+
+
+async def test_delete_answers_204_then_the_todo_is_gone(client, auth, database_url):
+    todo = await create(client, auth)
+    keep = await create(client, auth, "keep")
+    resp = await client.delete(f"/todos/{todo['id']}", headers=auth)
+    assert resp.status == 204
+    assert await resp.read() == b""
+    assert await db_todo(database_url, todo["id"]) is None
+    await expect_error(await client.get(f"/todos/{todo['id']}", headers=auth), 404, "not_found")
+    await expect_error(await client.delete(f"/todos/{todo['id']}", headers=auth), 404, "not_found")
+    # Only the named todo went.
+    assert await db_todo(database_url, keep["id"]) is not None
+
+
+# --- fields a client may not set, wrong types ---
+
+FORBIDDEN = [
+    ("id", 424242),
+    ("owner_id", 1),
+    ("created_at", "2000-01-01T00:00:00+00:00"),
+    ("updated_at", "2000-01-01T00:00:00+00:00"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), FORBIDDEN)
+async def test_create_refuses_fields_a_client_may_not_set(client, auth, other, database_url, field, value):
+    # owner_id names the other user: a todo must never be planted in someone else's list.
+    value = await user_id(database_url, "other@example.com") if field == "owner_id" else value
+    resp = await client.post("/todos", json={"text": "sneaky", field: value}, headers=auth)
+    assert field in (await expect_error(resp, 422, "validation_failed"))["details"]
+    assert await db_todos(database_url) == []
+
+
+@pytest.mark.parametrize("method", ["PATCH", "PUT"])
+@pytest.mark.parametrize(("field", "value"), FORBIDDEN)
+async def test_update_refuses_fields_a_client_may_not_set(client, auth, other, database_url, method, field, value):
+    todo = await create(client, auth, "mine")
+    value = await user_id(database_url, "other@example.com") if field == "owner_id" else value
+    before = await db_todos(database_url)
+    body = {"text": "changed", "completed": True, field: value}
+    resp = await client.request(method, f"/todos/{todo['id']}", json=body, headers=auth)
+    assert field in (await expect_error(resp, 422, "validation_failed"))["details"]
+    # Nothing moved: not the text, not the owner, not the id, not the timestamps.
+    assert await db_todos(database_url) == before
+
+
+BAD_VALUES = [
+    ("text", 123),
+    ("text", None),
+    ("text", ["a"]),
+    ("text", {"a": 1}),
+    ("text", ""),
+    ("text", "x" * 1001),
+    ("text", "a\x00b"),
+    ("completed", "true"),
+    ("completed", 1),
+    ("completed", 0),
+    ("completed", None),
+    ("completed", "false"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_VALUES)
+async def test_create_refuses_wrong_types_and_lengths(client, auth, database_url, field, value):
+    body = {"text": "fine", field: value}
+    resp = await client.post("/todos", json=body, headers=auth)
+    assert field in (await expect_error(resp, 422, "validation_failed"))["details"]
+    assert await db_todos(database_url) == []
+
+
+@pytest.mark.parametrize("method", ["PATCH", "PUT"])
+@pytest.mark.parametrize(("field", "value"), BAD_VALUES)
+async def test_update_refuses_wrong_types_and_lengths(client, auth, database_url, method, field, value):
+    todo = await create(client, auth, "fine")
+    before = await db_todo(database_url, todo["id"])
+    body = {"text": "changed", "completed": True, field: value}
+    resp = await client.request(method, f"/todos/{todo['id']}", json=body, headers=auth)
+    assert field in (await expect_error(resp, 422, "validation_failed"))["details"]
+    assert await db_todo(database_url, todo["id"]) == before
+
+
+@pytest.mark.parametrize("raw", ['[{"text": "a"}]', '"text"', "1", "null", "true"])
+async def test_create_refuses_a_body_that_is_not_an_object(client, auth, database_url, raw):
+    headers = {**auth, "Content-Type": "application/json"}
+    resp = await client.post("/todos", data=raw, headers=headers)
+    await expect_error(resp, 422, "validation_failed")
+    assert await db_todos(database_url) == []
+
+
+# --- IDOR: another user's todo is exactly a missing one ---
+
+
+async def _missing_answer(client: TestClient, headers: dict[str, str], method: str, todo_id: int) -> tuple[int, Any]:
+    body = {"text": "mine now", "completed": True} if method in ("PATCH", "PUT") else None
+    resp = await client.request(method, f"/todos/{todo_id}", json=body, headers=headers)
+    return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH", "PUT", "DELETE"])
+async def test_another_users_todo_is_exactly_a_missing_one(client, auth, other, database_url, method):
+    todo = await create(client, auth, "private")
+    before = await db_todo(database_url, todo["id"])
+    missing_id = todo["id"] + 1000
+
+    foreign = await _missing_answer(client, other, method, todo["id"])
+    missing = await _missing_answer(client, other, method, missing_id)
+    assert foreign[0] == 404
+    assert foreign[1]["error"] == "not_found"
+    # Same status and same body: nothing tells "exists but not yours" from "does not exist".
+    assert foreign == missing
+    assert await db_todo(database_url, todo["id"]) == before
+
+    # The owner still sees it as it was.
+    resp = await client.get(f"/todos/{todo['id']}", headers=auth)
+    assert resp.status == 200
+    assert await resp.json() == todo
+
+
+async def test_list_shows_only_the_callers_own_todos(client, auth, other):
+    mine = [(await create(client, auth, f"mine {i}"))["id"] for i in range(3)]
+    theirs = [(await create(client, other, f"theirs {i}"))["id"] for i in range(2)]
+    for headers, expected in ((auth, mine), (other, theirs)):
+        for query in ("", "?completed=false", "?limit=200", "?offset=0"):
+            resp = await client.get(f"/todos{query}", headers=headers)
+            assert resp.status == 200
+            assert [t["id"] for t in await resp.json()] == expected
+
+
+async def test_todos_created_with_another_users_token_belong_to_that_user(client, auth, other, database_url):
+    todo = await create(client, other, "theirs")
+    row = await db_todo(database_url, todo["id"])
+    assert row["owner_id"] == await user_id(database_url, "other@example.com")
+    await expect_error(await client.get(f"/todos/{todo['id']}", headers=auth), 404, "not_found")
+
+
+# --- ids that name no todo ---
+
+BAD_IDS = [
+    "abc",
+    "-1",
+    "0",
+    "00",
+    "99999999999999999999",
+    "١٢",  # Arabic-Indic digits: str.isdigit() says yes, but they name no id
+    "9223372036854775807",  # bigint max: a valid id that does not exist
+    "9223372036854775808",  # bigint max + 1: must not overflow into a 500
+    "1.0",
+    "1e3",
+    "+1",
+    " 1",
+    "1 OR 1=1",
+    "1; DROP TABLE todos; --",
+    "%00",
+]
+
+
+@pytest.mark.parametrize("raw_id", BAD_IDS)
+async def test_ids_that_name_no_todo_are_404_for_every_method(client, auth, database_url, raw_id):
+    todo = await create(client, auth)
+    before = await db_todos(database_url)
+    _, reference = await _missing_answer(client, auth, "GET", todo["id"] + 1000)
+    for method in ("GET", "PATCH", "PUT", "DELETE"):
+        body = {"text": "x", "completed": True} if method in ("PATCH", "PUT") else None
+        resp = await client.request(method, f"/todos/{raw_id}", json=body, headers=auth)
+        answer = await expect_error(resp, 404, "not_found")
+        assert answer == reference, (method, raw_id)
+    assert await db_todos(database_url) == before
+
+
+# --- without a token ---
+
+# "{id}" stands for a todo that exists, so a 401 cannot be a 404 in disguise.
+ROUTES = [
+    ("GET", "/todos"),
+    ("POST", "/todos"),
+    ("GET", "/todos/{id}"),
+    ("PATCH", "/todos/{id}"),
+    ("PUT", "/todos/{id}"),
+    ("DELETE", "/todos/{id}"),
+    ("GET", "/todos/abc"),
+    ("DELETE", "/todos/99999999999999999999"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_todos_routes_need_a_token(client, auth, database_url, method, path):
+    todo = await create(client, auth, "guarded")
+    before = await db_todos(database_url)
+    body = {"text": "x", "completed": True} if method in ("POST", "PATCH", "PUT") else None
+    resp = await client.request(method, path.format(id=todo["id"]), json=body)
+    await expect_error(resp, 401, "unauthorized")
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="authsvc"'
+    assert await db_todos(database_url) == before
