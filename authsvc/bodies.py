@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, ValidationError
 
-from .errors import InvalidJson, UnsupportedMediaType, ValidationFailed
+from .errors import InvalidBody, InvalidJson, UnsupportedMediaType, ValidationFailed
 
 
 def _no_constants(name: str) -> Any:
@@ -50,8 +50,15 @@ async def read_json(request: web.Request, schema: Schema) -> dict[str, Any]:
         raise UnsupportedMediaType()
     if request.charset not in (None, "utf-8", "UTF-8"):
         raise UnsupportedMediaType("Send the body as UTF-8 JSON.")
-    raw = await request.read()  # over client_max_size: 413 from aiohttp
-    return load(schema, _parse_json(raw))
+    return load(schema, _parse_json(await read_body(request)))
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The raw body; over client_max_size aiohttp raises 413 itself."""
+    try:
+        return await request.read()
+    except web.RequestPayloadError:  # e.g. a Content-Encoding whose bytes do not decode
+        raise InvalidBody() from None
 
 
 def read_query(request: web.Request, schema: Schema) -> dict[str, Any]:

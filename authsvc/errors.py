@@ -44,6 +44,11 @@ class OAuthError(ApiError):
         return {"error": self.code, "error_description": self.message, "message": self.message}
 
 
+class InvalidBody(ApiError):
+    code = "invalid_body"
+    message = "The body could not be read (is its Content-Encoding right?)."
+
+
 class InvalidJson(ApiError):
     code = "invalid_json"
     message = "The body is not valid JSON."

@@ -5,7 +5,7 @@ from marshmallow import ValidationError
 
 from ..bodies import read_json
 from ..credentials import authenticate
-from ..errors import InvalidCredentials, NotFound, OAuthError
+from ..errors import InvalidBody, InvalidCredentials, NotFound, OAuthError
 from ..keys import SETTINGS, TOKENS
 from ..middlewares import public
 from ..schemas import LoginSchema, TokenGrantSchema
@@ -39,6 +39,8 @@ async def _read_form(request: web.Request) -> dict[str, str]:
         raise OAuthError("invalid_request", f"Send the parameters as {FORM}.")
     try:
         form = await request.post()
+    except web.RequestPayloadError:
+        raise OAuthError("invalid_request", InvalidBody.message) from None
     except (UnicodeDecodeError, LookupError, ValueError):
         raise OAuthError("invalid_request", "The form is not valid UTF-8.") from None
     repeated = sorted({key for key in form if len(form.getall(key)) > 1})
