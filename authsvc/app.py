@@ -50,6 +50,8 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[errors_to_json, bearer_auth],
         client_max_size=settings.max_body_bytes,
+        # Idle and half-sent connections (slowloris) are closed after this, not after an hour.
+        handler_args={"keepalive_timeout": settings.idle_timeout},
     )
     app[SETTINGS] = settings
     app[TOKENS] = TokenService(

@@ -7,12 +7,15 @@ docker-compose check in the tests are read against this list.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PREFIX = "AUTHSVC_"
 MIN_SECRET_CHARS = 32
@@ -53,6 +56,14 @@ class Settings:
     login_backoff_base_ms: int = 500
     login_backoff_max_ms: int = 30_000
     login_failure_window: int = 900
+    account_max_failures_per_hour: int = 100
+    known_address_days: int = 30
+    address_max_failures_per_minute: int = 30
+    address_block_seconds: int = 900
+    max_sleeping: int = 1000
+    auth_events_days: int = 30
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    idle_timeout: int = 15
 
     max_body_bytes: int = 16 * 1024
     log_level: str = "INFO"
@@ -120,6 +131,19 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(origins)
 
 
+def _networks(raw: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an address or CIDR network like 10.0.0.0/8") from None
+    return tuple(networks)
+
+
 def _secret(raw: str) -> str:
     value = raw.strip()
     check_secret(value)
@@ -163,6 +187,14 @@ FIELDS: dict[str, Callable[[str], Any]] = {
     "login_backoff_base_ms": _int(0, 60_000),
     "login_backoff_max_ms": _int(0, 3_600_000),
     "login_failure_window": _int(1, 30 * 86_400),
+    "account_max_failures_per_hour": _int(1, 10_000),
+    "known_address_days": _int(0, 365),
+    "address_max_failures_per_minute": _int(1, 100_000),
+    "address_block_seconds": _int(0, 86_400),
+    "max_sleeping": _int(0, 1_000_000),
+    "auth_events_days": _int(1, 3650),
+    "trusted_proxies": _networks,
+    "idle_timeout": _int(1, 3600),
     "max_body_bytes": _int(1024, 1024 * 1024),
     "log_level": _log_level,
 }

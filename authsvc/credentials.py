@@ -8,7 +8,7 @@ import logging
 
 from aiohttp import web
 
-from .errors import InvalidCredentials
+from .errors import Busy, InvalidCredentials
 from .keys import HASHER, POOL, THROTTLE
 from .repo import users
 from .repo.users import User
@@ -23,24 +23,24 @@ async def authenticate(app: web.Application, identifier: str, password: str, add
     check against a dummy hash, the same delay and the same error.
     """
     hasher = app[HASHER]
-    attempt = await app[THROTTLE].acquire(identifier, address)
+    throttle = app[THROTTLE]
+    attempt = await throttle.acquire(identifier, address)
     try:
         async with app[POOL].acquire() as conn:
             user = await users.select_by_email(conn, identifier)
         # The connection is back in the pool before the slow part.
         ok = await hasher.verify(password, user.password_hash if user else None)
-    except BaseException:
-        # No outcome: give the claim back (it expires by itself if even this fails).
+    except BaseException as exc:
+        # No verdict: give the claim back (it expires by itself if even this fails).
         with contextlib.suppress(Exception):
-            await asyncio.shield(attempt.abandon())
+            await asyncio.shield(attempt.abandon("busy" if isinstance(exc, Busy) else "error"))
         raise
     if ok and user is not None:
         await attempt.succeeded()
         if hasher.needs_rehash(user.password_hash):
             await _upgrade_hash(app, user, password)
         return user
-    delay = await attempt.failed()
-    await asyncio.sleep(delay)
+    await throttle.delay(await attempt.failed())
     raise InvalidCredentials()
 
 

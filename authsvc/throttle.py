@@ -1,9 +1,18 @@
-"""The login backoff: exponential delay per (identifier, client address), kept in PostgreSQL.
+"""Brute-force protection for every login path, kept in PostgreSQL so all replicas share it.
 
-A failed attempt closes the key for base * 2^(n-1) seconds (n consecutive failures, at
-most the cap) and the 401 itself is delayed by that much with an awaited sleep. Attempts
-that arrive while the key is closed, including parallel ones, are refused at once with
-429 and never reach bcrypt. A success resets the key; a quiet window forgets it.
+Three budgets, all claimed in one transaction before any password is checked:
+
+1. per (identifier, address): exponential backoff after consecutive failures
+   (repo/login_backoff.py); a success resets it, a quiet window forgets it;
+2. per identifier, from all addresses: at most `account_max_failures_per_hour` failures in
+   any hour (a token bucket); addresses the account recently logged in from are exempt, so
+   an attacker elsewhere cannot lock the owner out;
+3. per address, across all identifiers: past `address_max_failures_per_minute` the address
+   is refused for `address_block_seconds` (credential stuffing).
+
+A claim that any budget refuses costs no bcrypt work and answers 429 with Retry-After.
+Budgets 2 and 3 count a claimed attempt as a failure until it succeeds, so parallel
+requests cannot overrun them; budget 1 admits one attempt per key at a time.
 """
 
 from __future__ import annotations
@@ -13,14 +22,16 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
 from aiohttp import web
 
+from .config import Settings
 from .errors import TooManyAttempts
 from .keys import POOL, SETTINGS, THROTTLE
-from .repo import login_backoff
+from .repo import auth_events, known_addresses, login_backoff, login_budgets
 
 log = logging.getLogger(__name__)
 
@@ -29,48 +40,164 @@ CLAIM_HOLD = timedelta(seconds=15)
 PRUNE_EVERY = 300.0
 
 
+def normalise(identifier: str) -> str:
+    """The budget key of a login identifier: emails are case-insensitive here."""
+    return identifier.lower()
+
+
+@dataclass(frozen=True)
+class Bucket:
+    scope: str
+    capacity: float
+    rate: float  # tokens a second
+
+
+@dataclass(frozen=True)
+class Limits:
+    backoff_base: timedelta
+    backoff_cap: timedelta
+    failure_window: timedelta
+    account: Bucket
+    address: Bucket
+    address_block: timedelta
+    known_address_age: timedelta
+    events_kept: timedelta
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Limits:
+        # A bucket of capacity C refilled at R lets through at most C + R*T in any period T:
+        # a fifth of the limit as burst and four fifths as refill keep every hour (minute)
+        # at or under the configured number.
+        per_hour = s.account_max_failures_per_hour
+        per_minute = s.address_max_failures_per_minute
+        return cls(
+            backoff_base=timedelta(milliseconds=s.login_backoff_base_ms),
+            backoff_cap=timedelta(milliseconds=s.login_backoff_max_ms),
+            failure_window=timedelta(seconds=s.login_failure_window),
+            account=Bucket("account", max(1.0, per_hour / 5), per_hour * 4 / 5 / 3600),
+            address=Bucket("address", max(1.0, per_minute / 5), per_minute * 4 / 5 / 60),
+            address_block=timedelta(seconds=s.address_block_seconds),
+            known_address_age=timedelta(days=s.known_address_days),
+            events_kept=timedelta(days=s.auth_events_days),
+        )
+
+
+class _Refused(Exception):
+    def __init__(self, budget: str) -> None:
+        self.budget = budget
+
+
 class Attempt:
     """One claimed login attempt; report exactly one outcome."""
 
-    def __init__(self, throttle: LoginThrottle, identifier: str, address: str) -> None:
+    def __init__(self, throttle: LoginThrottle, identifier: str, key: str, address: str, account_counted: bool):
         self._throttle = throttle
-        self._key = (identifier, address)
+        self._identifier = identifier  # as typed, for the event record
+        self._key = key
+        self._address = address
+        self._account_counted = account_counted
+
+    async def _give_back(self, conn: asyncpg.Connection) -> None:
+        limits = self._throttle.limits
+        await login_budgets.give_back(conn, "address", self._address, limits.address.capacity)
+        if self._account_counted:
+            await login_budgets.give_back(conn, "account", self._key, limits.account.capacity)
 
     async def succeeded(self) -> None:
-        async with self._throttle.pool.acquire() as conn:
-            await login_backoff.reset(conn, *self._key)
+        async with self._throttle.pool.acquire() as conn, conn.transaction():
+            await login_backoff.reset(conn, self._key, self._address)
+            await self._give_back(conn)
+            await known_addresses.remember(conn, self._key, self._address)
+            await auth_events.insert(conn, self._identifier, self._address, "success")
 
     async def failed(self) -> float:
         """Count the failure; return the delay in seconds to apply before answering."""
-        t = self._throttle
-        async with t.pool.acquire() as conn:
-            delay = await login_backoff.record_failure(conn, *self._key, t.base, t.cap)
+        limits = self._throttle.limits
+        async with self._throttle.pool.acquire() as conn, conn.transaction():
+            delay = await login_backoff.record_failure(
+                conn, self._key, self._address, limits.backoff_base, limits.backoff_cap
+            )
+            await auth_events.insert(conn, self._identifier, self._address, "failure")
         return delay.total_seconds()
 
-    async def abandon(self) -> None:
-        async with self._throttle.pool.acquire() as conn:
-            await login_backoff.release(conn, *self._key)
+    async def abandon(self, outcome: str) -> None:
+        """No verdict (hash queue full, database trouble): give back the claim and its tokens."""
+        async with self._throttle.pool.acquire() as conn, conn.transaction():
+            await login_backoff.release(conn, self._key, self._address)
+            await self._give_back(conn)
+            await auth_events.insert(conn, self._identifier, self._address, outcome)
 
 
 class LoginThrottle:
-    def __init__(self, pool: asyncpg.Pool, base_ms: int, cap_ms: int, window_s: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, limits: Limits, max_sleeping: int) -> None:
         self.pool = pool
-        self.base = timedelta(milliseconds=base_ms)
-        self.cap = timedelta(milliseconds=cap_ms)
-        self.window = timedelta(seconds=window_s)
+        self.limits = limits
+        self.max_sleeping = max_sleeping
+        self.sleeping = 0  # requests now waiting out their backoff in this process
 
     async def acquire(self, identifier: str, address: str) -> Attempt:
-        """Claim an attempt or raise TooManyAttempts with the wait in seconds."""
+        """Claim an attempt under all three budgets, or raise TooManyAttempts."""
+        key = normalise(identifier)
         async with self.pool.acquire() as conn:
-            failures = await login_backoff.claim(conn, identifier, address, CLAIM_HOLD, self.window)
-            if failures is None:
-                wait = await login_backoff.seconds_until_next(conn, identifier, address)
-                raise TooManyAttempts(math.ceil(wait))
-        return Attempt(self, identifier, address)
+            try:
+                async with conn.transaction():  # a refusal rolls back the tokens already taken
+                    account_counted = await self._claim(conn, key, address)
+            except _Refused as refused:
+                async with conn.transaction():
+                    wait = await self._after_refusal(conn, refused, key, address)
+                    await auth_events.insert(conn, identifier, address, "throttled", refused.budget)
+                raise TooManyAttempts(math.ceil(wait)) from None
+        return Attempt(self, identifier, key, address, account_counted)
 
-    async def prune(self) -> int:
+    async def _claim(self, conn: asyncpg.Connection, key: str, address: str) -> bool:
+        """Take from each budget in turn; return whether the account budget was charged."""
+        lim = self.limits
+        if not await login_budgets.take(conn, "address", address, lim.address.capacity, lim.address.rate):
+            raise _Refused("address")
+        if await login_backoff.claim(conn, key, address, CLAIM_HOLD, lim.failure_window) is None:
+            raise _Refused("backoff")
+        if await known_addresses.is_known(conn, key, address, lim.known_address_age):
+            return False
+        if not await login_budgets.take(conn, "account", key, lim.account.capacity, lim.account.rate):
+            raise _Refused("account")
+        return True
+
+    async def _after_refusal(self, conn: asyncpg.Connection, refused: _Refused, key: str, address: str) -> float:
+        """Apply the address block if that budget ran dry; return the seconds to wait."""
+        lim = self.limits
+        if refused.budget == "address":
+            await login_budgets.block(conn, "address", address, lim.address_block)
+            return await login_budgets.seconds_until_token(
+                conn, "address", address, lim.address.capacity, lim.address.rate
+            )
+        if refused.budget == "account":
+            return await login_budgets.seconds_until_token(
+                conn, "account", key, lim.account.capacity, lim.account.rate
+            )
+        return await login_backoff.seconds_until_next(conn, key, address)
+
+    async def delay(self, seconds: float) -> None:
+        """Await the backoff before answering; past max_sleeping, answer at once.
+
+        The key stays closed in the database either way, so skipping the sleep under load
+        gives an attacker no extra guesses; it only stops sleepers from piling up sockets.
+        """
+        if seconds <= 0 or self.sleeping >= self.max_sleeping:
+            return
+        self.sleeping += 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.sleeping -= 1
+
+    async def prune(self) -> None:
+        lim = self.limits
         async with self.pool.acquire() as conn:
-            return await login_backoff.prune(conn, self.window)
+            await login_backoff.prune(conn, lim.failure_window)
+            # A bucket untouched for a full refill period is full again: its row says nothing.
+            await login_budgets.prune(conn, max(timedelta(hours=1), lim.address_block))
+            await known_addresses.prune(conn, lim.known_address_age)
+            await auth_events.prune(conn, lim.events_kept)
 
 
 async def _prune_forever(throttle: LoginThrottle) -> None:
@@ -79,12 +206,12 @@ async def _prune_forever(throttle: LoginThrottle) -> None:
         try:
             await throttle.prune()
         except Exception:  # a database hiccup must not end the loop
-            log.warning("pruning login counters failed", exc_info=True)
+            log.warning("pruning login records failed", exc_info=True)
 
 
 async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
-    s = app[SETTINGS]
-    throttle = LoginThrottle(app[POOL], s.login_backoff_base_ms, s.login_backoff_max_ms, s.login_failure_window)
+    settings = app[SETTINGS]
+    throttle = LoginThrottle(app[POOL], Limits.from_settings(settings), settings.max_sleeping)
     app[THROTTLE] = throttle
     task = asyncio.create_task(_prune_forever(throttle))
     yield

@@ -31,7 +31,7 @@ from authsvc.config import Settings
 
 from helpers import bearer, login, signup
 
-TABLES = "todos, login_backoff, users"
+TABLES = "todos, login_backoff, login_budgets, login_known_addresses, auth_events, users"
 
 
 def _with_database(url: str, name: str) -> str:
@@ -127,6 +127,9 @@ def base_settings(database_url: str) -> Settings:
         hash_workers=2,
         login_backoff_base_ms=1,
         login_backoff_max_ms=8,
+        # The account and address budgets get tests of their own; elsewhere they stay out of the way.
+        account_max_failures_per_hour=10_000,
+        address_max_failures_per_minute=100_000,
         db_pool_min=1,
         db_pool_max=10,
     )

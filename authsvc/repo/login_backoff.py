@@ -20,7 +20,7 @@ async def claim(
     return await conn.fetchval(
         """
         INSERT INTO login_backoff AS b (identifier, address, failures, next_attempt_at, updated_at)
-        VALUES (lower($1), $2, 0, now() + $3::interval, now())
+        VALUES ($1, $2, 0, now() + $3::interval, now())
         ON CONFLICT (identifier, address) DO UPDATE
            SET next_attempt_at = now() + $3::interval,
                failures = CASE WHEN b.updated_at < now() - $4::interval THEN 0 ELSE b.failures END,
@@ -39,7 +39,7 @@ async def seconds_until_next(conn: asyncpg.Connection, identifier: str, address:
     value = await conn.fetchval(
         """
         SELECT greatest(extract(epoch FROM next_attempt_at - now()), 0)::float8
-          FROM login_backoff WHERE identifier = lower($1) AND address = $2
+          FROM login_backoff WHERE identifier = $1 AND address = $2
         """,
         identifier,
         address,
@@ -57,7 +57,7 @@ async def record_failure(
            SET failures = failures + 1,
                next_attempt_at = now() + least($3::interval * power(2, least(failures, 30)), $4::interval),
                updated_at = now()
-         WHERE identifier = lower($1) AND address = $2
+         WHERE identifier = $1 AND address = $2
         RETURNING next_attempt_at - now()
         """,
         identifier,
@@ -71,14 +71,14 @@ async def record_failure(
 async def release(conn: asyncpg.Connection, identifier: str, address: str) -> None:
     """Give back a claim whose check did not finish (no failure is counted)."""
     await conn.execute(
-        "UPDATE login_backoff SET next_attempt_at = now() WHERE identifier = lower($1) AND address = $2",
+        "UPDATE login_backoff SET next_attempt_at = now() WHERE identifier = $1 AND address = $2",
         identifier,
         address,
     )
 
 
 async def reset(conn: asyncpg.Connection, identifier: str, address: str) -> None:
-    await conn.execute("DELETE FROM login_backoff WHERE identifier = lower($1) AND address = $2", identifier, address)
+    await conn.execute("DELETE FROM login_backoff WHERE identifier = $1 AND address = $2", identifier, address)
 
 
 async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:

@@ -1,0 +1,42 @@
+"""The record of login attempts: time, identifier, address, outcome. Never a password."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class AuthEvent:
+    id: int
+    at: datetime
+    identifier: str
+    address: str
+    outcome: str
+    reason: str | None
+
+
+async def insert(
+    conn: asyncpg.Connection, identifier: str, address: str, outcome: str, reason: str | None = None
+) -> None:
+    await conn.execute(
+        "INSERT INTO auth_events (identifier, address, outcome, reason) VALUES ($1, $2, $3, $4)",
+        identifier,
+        address,
+        outcome,
+        reason,
+    )
+
+
+async def select_recent(conn: asyncpg.Connection, limit: int) -> list[AuthEvent]:
+    rows = await conn.fetch(
+        "SELECT id, at, identifier, address, outcome, reason FROM auth_events ORDER BY id DESC LIMIT $1", limit
+    )
+    return [AuthEvent(**r) for r in rows]
+
+
+async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
+    result = await conn.execute("DELETE FROM auth_events WHERE at < now() - $1::interval", older_than)
+    return int(result.split()[-1])
