@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 # How long a claim stays closed if the process dies between claim and outcome.
 CLAIM_HOLD = timedelta(seconds=15)
 PRUNE_EVERY = 300.0
+# A refusal the database gave is repeated from memory for at most this long (an address
+# block: for its whole length, which nothing shortens), so a flood of refused attempts
+# costs a dictionary look-up each instead of a transaction.
+REMEMBER_REFUSAL = 1.0
+REMEMBERED_MAX = 100_000
+EVENT_FLUSH_EVERY = 0.5
+EVENT_BUFFER_MAX = 50_000
 
 
 def normalise(identifier: str) -> str:
@@ -128,26 +135,75 @@ class Attempt:
             await auth_events.insert(conn, self._identifier, self._address, outcome)
 
 
+class RefusalEvents:
+    """Refusals are recorded in batches: a flood of them must not cost a write each."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._buffer: list[tuple[str, str, str, str]] = []
+        self.dropped = 0
+
+    def add(self, identifier: str, address: str, reason: str) -> None:
+        if len(self._buffer) >= EVENT_BUFFER_MAX:
+            self.dropped += 1
+            return
+        self._buffer.append((identifier, address, "throttled", reason))
+
+    async def flush(self) -> None:
+        batch, self._buffer = self._buffer, []
+        if batch:
+            async with self._pool.acquire() as conn:
+                await auth_events.insert_many(conn, batch)
+        if self.dropped:
+            log.warning("%d refused login attempts were not recorded (buffer full)", self.dropped)
+            self.dropped = 0
+
+
 class LoginThrottle:
     def __init__(self, pool: asyncpg.Pool, limits: Limits, max_sleeping: int) -> None:
         self.pool = pool
         self.limits = limits
         self.max_sleeping = max_sleeping
         self.sleeping = 0  # requests now waiting out their backoff in this process
+        self.refusals = RefusalEvents(pool)
+        self._remembered: dict[tuple[str, ...], float] = {}  # key -> loop time it is refused until
 
     async def acquire(self, identifier: str, address: str) -> Attempt:
         """Claim an attempt under all three budgets, or raise TooManyAttempts."""
         key = normalise(identifier)
+        self._refuse_from_memory(identifier, key, address)
         async with self.pool.acquire() as conn:
             try:
                 async with conn.transaction():  # a refusal rolls back the tokens already taken
                     account_counted = await self._claim(conn, key, address)
             except _Refused as refused:
-                async with conn.transaction():
-                    wait = await self._after_refusal(conn, refused, key, address)
-                    await auth_events.insert(conn, identifier, address, "throttled", refused.budget)
+                wait = await self._after_refusal(conn, refused, key, address)
+                self._remember(refused.budget, key, address, wait)
+                self.refusals.add(identifier, address, refused.budget)
                 raise TooManyAttempts(math.ceil(wait)) from None
         return Attempt(self, identifier, key, address, account_counted)
+
+    def _refuse_from_memory(self, identifier: str, key: str, address: str) -> None:
+        now = asyncio.get_running_loop().time()
+        for budget, remembered in (("address", ("address", address)), ("backoff", ("backoff", key, address))):
+            until = self._remembered.get(remembered)
+            if until is not None and until > now:
+                self.refusals.add(identifier, address, budget)
+                raise TooManyAttempts(math.ceil(until - now))
+
+    def _remember(self, budget: str, key: str, address: str, wait: float) -> None:
+        # Account refusals are not remembered: whether they apply depends on the address
+        # being one the owner logged in from, which only the database knows.
+        if budget == "account":
+            return
+        remembered = ("address", address) if budget == "address" else ("backoff", key, address)
+        hold = wait if budget == "address" else min(wait, REMEMBER_REFUSAL)
+        now = asyncio.get_running_loop().time()
+        if len(self._remembered) >= REMEMBERED_MAX:
+            self._remembered = {k: t for k, t in self._remembered.items() if t > now}
+            if len(self._remembered) >= REMEMBERED_MAX:
+                self._remembered.clear()
+        self._remembered[remembered] = now + hold
 
     async def _claim(self, conn: asyncpg.Connection, key: str, address: str) -> bool:
         """Take from each budget in turn; return whether the account budget was charged."""
@@ -200,21 +256,28 @@ class LoginThrottle:
             await auth_events.prune(conn, lim.events_kept)
 
 
-async def _prune_forever(throttle: LoginThrottle) -> None:
+async def _every(seconds: float, job: Callable[[], Awaitable[object]], what: str) -> None:
     while True:
-        await asyncio.sleep(PRUNE_EVERY)
+        await asyncio.sleep(seconds)
         try:
-            await throttle.prune()
+            await job()
         except Exception:  # a database hiccup must not end the loop
-            log.warning("pruning login records failed", exc_info=True)
+            log.warning("%s failed", what, exc_info=True)
 
 
 async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     throttle = LoginThrottle(app[POOL], Limits.from_settings(settings), settings.max_sleeping)
     app[THROTTLE] = throttle
-    task = asyncio.create_task(_prune_forever(throttle))
+    tasks = [
+        asyncio.create_task(_every(PRUNE_EVERY, throttle.prune, "pruning login records")),
+        asyncio.create_task(_every(EVENT_FLUSH_EVERY, throttle.refusals.flush, "recording refused logins")),
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    with contextlib.suppress(Exception):
+        await throttle.refusals.flush()

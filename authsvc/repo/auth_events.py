@@ -30,6 +30,13 @@ async def insert(
     )
 
 
+async def insert_many(conn: asyncpg.Connection, rows: list[tuple[str, str, str, str | None]]) -> None:
+    """(identifier, address, outcome, reason) rows in one COPY."""
+    await conn.copy_records_to_table(
+        "auth_events", records=rows, columns=["identifier", "address", "outcome", "reason"]
+    )
+
+
 async def select_recent(conn: asyncpg.Connection, limit: int) -> list[AuthEvent]:
     rows = await conn.fetch(
         "SELECT id, at, identifier, address, outcome, reason FROM auth_events ORDER BY id DESC LIMIT $1", limit
