@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from aiohttp import web
@@ -38,10 +38,8 @@ log = logging.getLogger(__name__)
 # How long a claim stays closed if the process dies between claim and outcome.
 CLAIM_HOLD = timedelta(seconds=15)
 PRUNE_EVERY = 300.0
-# A refusal the database gave is repeated from memory for at most this long (an address
-# block: for its whole length, which nothing shortens), so a flood of refused attempts
-# costs a dictionary look-up each instead of a transaction.
-REMEMBER_REFUSAL = 1.0
+# Address blocks the database set are repeated from memory until they end, so a flooding
+# address costs a dictionary look-up per attempt instead of a transaction.
 REMEMBERED_MAX = 100_000
 EVENT_FLUSH_EVERY = 0.5
 EVENT_BUFFER_MAX = 50_000
@@ -140,14 +138,14 @@ class RefusalEvents:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._buffer: list[tuple[str, str, str, str]] = []
+        self._buffer: list[tuple[datetime, str, str, str, str]] = []
         self.dropped = 0
 
     def add(self, identifier: str, address: str, reason: str) -> None:
         if len(self._buffer) >= EVENT_BUFFER_MAX:
             self.dropped += 1
             return
-        self._buffer.append((identifier, address, "throttled", reason))
+        self._buffer.append((datetime.now(UTC), identifier, address, "throttled", reason))
 
     async def flush(self) -> None:
         batch, self._buffer = self._buffer, []
@@ -166,44 +164,45 @@ class LoginThrottle:
         self.max_sleeping = max_sleeping
         self.sleeping = 0  # requests now waiting out their backoff in this process
         self.refusals = RefusalEvents(pool)
-        self._remembered: dict[tuple[str, ...], float] = {}  # key -> loop time it is refused until
+        self._blocked: dict[str, float] = {}  # address -> loop time its block ends
 
     async def acquire(self, identifier: str, address: str) -> Attempt:
         """Claim an attempt under all three budgets, or raise TooManyAttempts."""
         key = normalise(identifier)
-        self._refuse_from_memory(identifier, key, address)
+        self._refuse_if_blocked(identifier, address)
         async with self.pool.acquire() as conn:
             try:
                 async with conn.transaction():  # a refusal rolls back the tokens already taken
                     account_counted = await self._claim(conn, key, address)
             except _Refused as refused:
                 wait = await self._after_refusal(conn, refused, key, address)
-                self._remember(refused.budget, key, address, wait)
+                if refused.budget == "address":
+                    self._remember_block(address, wait)
                 self.refusals.add(identifier, address, refused.budget)
                 raise TooManyAttempts(math.ceil(wait)) from None
         return Attempt(self, identifier, key, address, account_counted)
 
-    def _refuse_from_memory(self, identifier: str, key: str, address: str) -> None:
-        now = asyncio.get_running_loop().time()
-        for budget, remembered in (("address", ("address", address)), ("backoff", ("backoff", key, address))):
-            until = self._remembered.get(remembered)
-            if until is not None and until > now:
-                self.refusals.add(identifier, address, budget)
-                raise TooManyAttempts(math.ceil(until - now))
-
-    def _remember(self, budget: str, key: str, address: str, wait: float) -> None:
-        # Account refusals are not remembered: whether they apply depends on the address
-        # being one the owner logged in from, which only the database knows.
-        if budget == "account":
+    def _refuse_if_blocked(self, identifier: str, address: str) -> None:
+        until = self._blocked.get(address)
+        if until is None:
             return
-        remembered = ("address", address) if budget == "address" else ("backoff", key, address)
-        hold = wait if budget == "address" else min(wait, REMEMBER_REFUSAL)
+        left = until - asyncio.get_running_loop().time()
+        if left <= 0:
+            del self._blocked[address]
+            return
+        self.refusals.add(identifier, address, "address")
+        raise TooManyAttempts(math.ceil(left))
+
+    def _remember_block(self, address: str, seconds: float) -> None:
+        # Only address blocks: nothing ends them early. A backoff slot may reopen any moment
+        # (its in-flight check fails or succeeds), and an account refusal depends on the
+        # owner's known addresses, so those are always asked of the database.
         now = asyncio.get_running_loop().time()
-        if len(self._remembered) >= REMEMBERED_MAX:
-            self._remembered = {k: t for k, t in self._remembered.items() if t > now}
-            if len(self._remembered) >= REMEMBERED_MAX:
-                self._remembered.clear()
-        self._remembered[remembered] = now + hold
+        if len(self._blocked) >= REMEMBERED_MAX:
+            self._blocked = {a: t for a, t in self._blocked.items() if t > now}
+            if len(self._blocked) >= REMEMBERED_MAX:
+                self._blocked.clear()
+        self._blocked[address] = now + seconds
 
     async def _claim(self, conn: asyncpg.Connection, key: str, address: str) -> bool:
         """Take from each budget in turn; return whether the account budget was charged."""

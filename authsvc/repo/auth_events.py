@@ -30,10 +30,10 @@ async def insert(
     )
 
 
-async def insert_many(conn: asyncpg.Connection, rows: list[tuple[str, str, str, str | None]]) -> None:
-    """(identifier, address, outcome, reason) rows in one COPY."""
+async def insert_many(conn: asyncpg.Connection, rows: list[tuple[datetime, str, str, str, str | None]]) -> None:
+    """(at, identifier, address, outcome, reason) rows in one COPY."""
     await conn.copy_records_to_table(
-        "auth_events", records=rows, columns=["identifier", "address", "outcome", "reason"]
+        "auth_events", records=rows, columns=["at", "identifier", "address", "outcome", "reason"]
     )
 
 
