@@ -50,8 +50,9 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[errors_to_json, bearer_auth],
         client_max_size=settings.max_body_bytes,
-        # Idle and half-sent connections (slowloris) are closed after this, not after an hour.
-        handler_args={"keepalive_timeout": settings.idle_timeout},
+        # Idle and half-sent connections (slowloris) are closed after this, not after an hour;
+        # after an error answer, the rest of an unread body is waited for one second at most.
+        handler_args={"keepalive_timeout": settings.idle_timeout, "lingering_time": 1.0},
     )
     app[SETTINGS] = settings
     app[TOKENS] = TokenService(

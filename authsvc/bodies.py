@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from aiohttp import web
 from marshmallow import Schema, ValidationError
 
-from .errors import InvalidBody, InvalidJson, UnsupportedMediaType, ValidationFailed
+from .errors import InvalidBody, InvalidJson, RequestTimeout, UnsupportedMediaType, ValidationFailed
+from .keys import SETTINGS
 
 
 def _no_constants(name: str) -> Any:
@@ -56,7 +58,10 @@ async def read_json(request: web.Request, schema: Schema) -> dict[str, Any]:
 async def read_body(request: web.Request) -> bytes:
     """The raw body; over client_max_size aiohttp raises 413 itself."""
     try:
-        return await request.read()
+        async with asyncio.timeout(request.app[SETTINGS].idle_timeout):
+            return await request.read()
+    except TimeoutError:  # a body sent slowly to hold the connection
+        raise RequestTimeout() from None
     except web.RequestPayloadError:  # e.g. a Content-Encoding whose bytes do not decode
         raise InvalidBody() from None
 

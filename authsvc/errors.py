@@ -9,6 +9,7 @@ class ApiError(Exception):
     status = 400
     code = "bad_request"
     message = "The request is not valid."
+    close_connection = False  # the connection is not reusable after this error
 
     def __init__(
         self,
@@ -47,6 +48,13 @@ class OAuthError(ApiError):
 class InvalidBody(ApiError):
     code = "invalid_body"
     message = "The body could not be read (is its Content-Encoding right?)."
+
+
+class RequestTimeout(ApiError):
+    status = 408
+    code = "request_timeout"
+    message = "The request body did not arrive in time."
+    close_connection = True
 
 
 class InvalidJson(ApiError):

@@ -46,7 +46,10 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.body(), exc.headers)
+        response = error_response(exc.status, exc.body(), exc.headers)
+        if exc.close_connection:
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from marshmallow import ValidationError
 
 from ..bodies import read_json
 from ..credentials import authenticate
-from ..errors import InvalidBody, InvalidCredentials, NotFound, OAuthError
+from ..errors import InvalidBody, InvalidCredentials, NotFound, OAuthError, RequestTimeout
 from ..keys import SETTINGS, TOKENS
 from ..middlewares import public
 from ..schemas import LoginSchema, TokenGrantSchema
@@ -38,7 +40,10 @@ async def _read_form(request: web.Request) -> dict[str, str]:
     if request.content_type != FORM:
         raise OAuthError("invalid_request", f"Send the parameters as {FORM}.")
     try:
-        form = await request.post()
+        async with asyncio.timeout(request.app[SETTINGS].idle_timeout):
+            form = await request.post()
+    except TimeoutError:
+        raise RequestTimeout() from None
     except web.RequestPayloadError:
         raise OAuthError("invalid_request", InvalidBody.message) from None
     except (UnicodeDecodeError, LookupError, ValueError):
