@@ -23,6 +23,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -38,10 +39,11 @@ log = logging.getLogger(__name__)
 # How long a claim stays closed if the process dies between claim and outcome.
 CLAIM_HOLD = timedelta(seconds=15)
 PRUNE_EVERY = 300.0
-# Address blocks the database set are repeated from memory until they end, so a flooding
-# address costs a dictionary look-up per attempt instead of a transaction.
+# Refusals nothing can end early (an address block, a pair's backoff) are repeated from
+# memory until they end, so a flooding client costs a dictionary look-up per attempt
+# instead of a transaction.
 REMEMBERED_MAX = 100_000
-EVENT_FLUSH_EVERY = 0.5
+EVENT_FLUSH_EVERY = 1.0
 EVENT_BUFFER_MAX = 50_000
 
 
@@ -134,24 +136,29 @@ class Attempt:
 
 
 class RefusalEvents:
-    """Refusals are recorded in batches: a flood of them must not cost a write each."""
+    """Refusals are recorded in batches, one row per (identifier, address, budget) and flush
+    with the number of attempts: a flood must cost neither a write nor a row per request."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._buffer: list[tuple[datetime, str, str, str, str]] = []
+        self._pending: dict[tuple[str, str, str], list[Any]] = {}  # -> [first seen, attempts]
         self.dropped = 0
 
     def add(self, identifier: str, address: str, reason: str) -> None:
-        if len(self._buffer) >= EVENT_BUFFER_MAX:
+        seen = self._pending.get((identifier, address, reason))
+        if seen is not None:
+            seen[1] += 1
+        elif len(self._pending) < EVENT_BUFFER_MAX:
+            self._pending[(identifier, address, reason)] = [datetime.now(UTC), 1]
+        else:
             self.dropped += 1
-            return
-        self._buffer.append((datetime.now(UTC), identifier, address, "throttled", reason))
 
     async def flush(self) -> None:
-        batch, self._buffer = self._buffer, []
-        if batch:
+        pending, self._pending = self._pending, {}
+        if pending:
+            rows = [(at, ident, addr, "throttled", reason, n) for (ident, addr, reason), (at, n) in pending.items()]
             async with self._pool.acquire() as conn:
-                await auth_events.insert_many(conn, batch)
+                await auth_events.insert_many(conn, rows)
         if self.dropped:
             log.warning("%d refused login attempts were not recorded (buffer full)", self.dropped)
             self.dropped = 0
@@ -164,45 +171,43 @@ class LoginThrottle:
         self.max_sleeping = max_sleeping
         self.sleeping = 0  # requests now waiting out their backoff in this process
         self.refusals = RefusalEvents(pool)
-        self._blocked: dict[str, float] = {}  # address -> loop time its block ends
+        self._closed: dict[tuple[str, ...], float] = {}  # ("address", a) or (key, a) -> loop time it opens
 
     async def acquire(self, identifier: str, address: str) -> Attempt:
         """Claim an attempt under all three budgets, or raise TooManyAttempts."""
         key = normalise(identifier)
-        self._refuse_if_blocked(identifier, address)
+        self._refuse_from_memory(identifier, key, address)
         async with self.pool.acquire() as conn:
             try:
                 async with conn.transaction():  # a refusal rolls back the tokens already taken
                     account_counted = await self._claim(conn, key, address)
             except _Refused as refused:
                 wait = await self._after_refusal(conn, refused, key, address)
-                if refused.budget == "address":
-                    self._remember_block(address, wait)
                 self.refusals.add(identifier, address, refused.budget)
                 raise TooManyAttempts(math.ceil(wait)) from None
         return Attempt(self, identifier, key, address, account_counted)
 
-    def _refuse_if_blocked(self, identifier: str, address: str) -> None:
-        until = self._blocked.get(address)
-        if until is None:
-            return
-        left = until - asyncio.get_running_loop().time()
-        if left <= 0:
-            del self._blocked[address]
-            return
-        self.refusals.add(identifier, address, "address")
-        raise TooManyAttempts(math.ceil(left))
-
-    def _remember_block(self, address: str, seconds: float) -> None:
-        # Only address blocks: nothing ends them early. A backoff slot may reopen any moment
-        # (its in-flight check fails or succeeds), and an account refusal depends on the
-        # owner's known addresses, so those are always asked of the database.
+    def _refuse_from_memory(self, identifier: str, key: str, address: str) -> None:
         now = asyncio.get_running_loop().time()
-        if len(self._blocked) >= REMEMBERED_MAX:
-            self._blocked = {a: t for a, t in self._blocked.items() if t > now}
-            if len(self._blocked) >= REMEMBERED_MAX:
-                self._blocked.clear()
-        self._blocked[address] = now + seconds
+        for budget, closed in (("address", ("address", address)), ("backoff", (key, address))):
+            until = self._closed.get(closed)
+            if until is None:
+                continue
+            if until <= now:
+                del self._closed[closed]
+                continue
+            self.refusals.add(identifier, address, budget)
+            raise TooManyAttempts(math.ceil(until - now))
+
+    def _remember(self, closed: tuple[str, ...], seconds: float) -> None:
+        # Never a hold (the attempt in flight may end it any moment) nor an account refusal
+        # (it depends on the owner's known addresses, which only the database knows).
+        now = asyncio.get_running_loop().time()
+        if len(self._closed) >= REMEMBERED_MAX:
+            self._closed = {k: t for k, t in self._closed.items() if t > now}
+            if len(self._closed) >= REMEMBERED_MAX:
+                self._closed.clear()
+        self._closed[closed] = now + seconds
 
     async def _claim(self, conn: asyncpg.Connection, key: str, address: str) -> bool:
         """Take from each budget in turn; return whether the account budget was charged."""
@@ -222,14 +227,20 @@ class LoginThrottle:
         lim = self.limits
         if refused.budget == "address":
             await login_budgets.block(conn, "address", address, lim.address_block)
-            return await login_budgets.seconds_until_token(
+            wait = await login_budgets.seconds_until_token(
                 conn, "address", address, lim.address.capacity, lim.address.rate
             )
+            self._remember(("address", address), wait)
+            return wait
         if refused.budget == "account":
             return await login_budgets.seconds_until_token(
                 conn, "account", key, lim.account.capacity, lim.account.rate
             )
-        return await login_backoff.seconds_until_next(conn, key, address)
+        closed = await login_backoff.closed_for(conn, key, address)
+        if not closed.backoff:
+            return min(closed.seconds, 1.0)  # a hold ends when the check in flight does
+        self._remember((key, address), closed.seconds)
+        return closed.seconds
 
     async def delay(self, seconds: float) -> None:
         """Await the backoff before answering; past max_sleeping, answer at once.

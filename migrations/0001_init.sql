@@ -25,12 +25,14 @@ CREATE TABLE todos (
 CREATE INDEX todos_owner_id_idx ON todos (owner_id, id);
 
 -- One row per (login identifier as typed, lower-cased; client address). Unknown identifiers
--- get rows too, so throttling cannot tell which accounts exist.
+-- get rows too, so throttling cannot tell which accounts exist. next_attempt_at is the
+-- backoff (only a success after it can clear it); held_until covers an attempt in flight.
 CREATE TABLE login_backoff (
     identifier      text        NOT NULL,
     address         text        NOT NULL,
     failures        integer     NOT NULL DEFAULT 0,
-    next_attempt_at timestamptz NOT NULL,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    held_until      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (identifier, address)
 );

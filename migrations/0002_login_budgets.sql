@@ -25,14 +25,17 @@ CREATE TABLE login_known_addresses (
 
 CREATE INDEX login_known_addresses_last_success_at_idx ON login_known_addresses (last_success_at);
 
--- Every login attempt: never a password, only what was typed as the identifier.
+-- Every login attempt: never a password, only what was typed as the identifier. Refusals
+-- repeated within a second by the same identifier and address share a row (`attempts`),
+-- so a flood cannot fill the disk at the rate it sends.
 CREATE TABLE auth_events (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at         timestamptz NOT NULL DEFAULT now(),
     identifier text        NOT NULL,
     address    text        NOT NULL,
     outcome    text        NOT NULL CHECK (outcome IN ('success', 'failure', 'throttled', 'busy', 'error')),
-    reason     text
+    reason     text,
+    attempts   integer     NOT NULL DEFAULT 1 CHECK (attempts > 0)
 );
 
 CREATE INDEX auth_events_at_idx ON auth_events (at);

@@ -99,9 +99,19 @@ def assert_failed(answer: Answer, path: str = "/auth") -> None:
 
 
 async def recorded(client: TestClient, db: asyncpg.Connection) -> list[tuple]:
-    """The auth events so far, oldest first; refusals are written in batches, so flush them first."""
+    """The auth events so far, one per attempt, oldest first.
+
+    Refusals are written in batches (flush them first), and repeated ones share a row that
+    counts them in `attempts`: expand it.
+    """
     await client.app[THROTTLE].refusals.flush()
-    rows = await db.fetch("SELECT identifier, address, outcome, reason FROM auth_events ORDER BY at, id")
+    rows = await db.fetch(
+        """
+        SELECT identifier, address, outcome, reason
+          FROM auth_events CROSS JOIN generate_series(1, attempts)
+         ORDER BY at, id
+        """
+    )
     return [tuple(r) for r in rows]
 
 
@@ -682,7 +692,7 @@ async def test_every_attempt_is_recorded_without_the_password(make_client, db):
     columns = await db.fetch(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'auth_events' ORDER BY column_name"
     )
-    assert [c["column_name"] for c in columns] == ["address", "at", "id", "identifier", "outcome", "reason"]
+    assert [c["column_name"] for c in columns] == ["address", "at", "attempts", "id", "identifier", "outcome", "reason"]
     for table in ("auth_events", "login_backoff", "login_budgets", "login_known_addresses"):
         for row in await db.fetch(f"SELECT * FROM {table}"):  # noqa: S608 - fixed table names
             for value in row.values():
@@ -698,9 +708,10 @@ async def test_each_event_is_stamped_with_the_time_of_its_attempt(make_client, d
         windows.append((before, await db.fetchval("SELECT clock_timestamp()")))
 
     await client.app[THROTTLE].refusals.flush()
-    rows = await db.fetch("SELECT outcome, at FROM auth_events ORDER BY at, id")
-    assert [r["outcome"] for r in rows] == ["failure", "throttled", "throttled"]
-    for row, (before, after) in zip(rows, windows, strict=True):
+    rows = await db.fetch("SELECT outcome, at, attempts FROM auth_events ORDER BY at, id")
+    # The two refusals share one row that counts them, stamped with the first one's time.
+    assert [(r["outcome"], r["attempts"]) for r in rows] == [("failure", 1), ("throttled", 2)]
+    for row, (before, after) in zip(rows, windows[:2], strict=True):
         assert before <= row["at"] <= after, (row["outcome"], before, row["at"], after)
 
 

@@ -16,6 +16,7 @@ class AuthEvent:
     address: str
     outcome: str
     reason: str | None
+    attempts: int
 
 
 async def insert(
@@ -30,16 +31,19 @@ async def insert(
     )
 
 
-async def insert_many(conn: asyncpg.Connection, rows: list[tuple[datetime, str, str, str, str | None]]) -> None:
-    """(at, identifier, address, outcome, reason) rows in one COPY."""
+async def insert_many(
+    conn: asyncpg.Connection, rows: list[tuple[datetime, str, str, str, str | None, int]]
+) -> None:
+    """(at, identifier, address, outcome, reason, attempts) rows in one COPY."""
     await conn.copy_records_to_table(
-        "auth_events", records=rows, columns=["at", "identifier", "address", "outcome", "reason"]
+        "auth_events", records=rows, columns=["at", "identifier", "address", "outcome", "reason", "attempts"]
     )
 
 
 async def select_recent(conn: asyncpg.Connection, limit: int) -> list[AuthEvent]:
     rows = await conn.fetch(
-        "SELECT id, at, identifier, address, outcome, reason FROM auth_events ORDER BY id DESC LIMIT $1", limit
+        "SELECT id, at, identifier, address, outcome, reason, attempts FROM auth_events ORDER BY id DESC LIMIT $1",
+        limit,
     )
     return [AuthEvent(**r) for r in rows]
 
