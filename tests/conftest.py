@@ -15,7 +15,7 @@ import tempfile
 import threading
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,24 @@ def app(settings: Settings) -> web.Application:
 @pytest.fixture
 async def client(aiohttp_client: Any, app: web.Application) -> TestClient:
     return await aiohttp_client(app)
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, settings: Settings) -> Callable[..., Awaitable[TestClient]]:
+    """Start another app on the run's database, with some settings changed."""
+
+    async def make(**changes: Any) -> TestClient:
+        return await aiohttp_client(create_app(settings.replace(**changes)))
+
+    return make
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection, to look at (or age) rows the way the service left them."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
 
 
 @pytest.fixture

@@ -187,12 +187,8 @@ async def test_passwords_are_compared_exactly_as_typed(client):
         assert await auth_status(client, "exact@example.com", other) == 401
 
 
-# --- POST /auth ---
-
-
-async def test_login_returns_a_bearer_token_that_is_not_cached(client, settings):
-    await signup(client, "owner@example.com")
-    resp = await client.post("/auth", json={"username": "owner@example.com", "password": PASSWORD})
+async def assert_token_response(resp, settings) -> dict:
+    """RFC 6749 5.1: the token body, and headers that forbid caching it."""
     body = await resp.json()
     assert resp.status == 200, body
     assert set(body) == {"access_token", "token_type", "expires_in"}
@@ -200,6 +196,16 @@ async def test_login_returns_a_bearer_token_that_is_not_cached(client, settings)
     assert body["expires_in"] == settings.access_token_ttl
     assert resp.headers["Cache-Control"] == "no-store"
     assert resp.headers["Pragma"] == "no-cache"
+    return body
+
+
+# --- POST /auth ---
+
+
+async def test_login_returns_a_bearer_token_that_is_not_cached(client, settings):
+    await signup(client, "owner@example.com")
+    resp = await client.post("/auth", json={"username": "owner@example.com", "password": PASSWORD})
+    body = await assert_token_response(resp, settings)
     me = await client.get("/users/me", headers=bearer(body["access_token"]))
     assert me.status == 200
     assert (await me.json())["email"] == "owner@example.com"
@@ -250,13 +256,7 @@ async def test_login_identifier_is_case_insensitive(client):
 async def test_password_grant_success_matches_auth(client, settings):
     await signup(client, "owner@example.com")
     resp = await client.post("/auth/token", data=form(grant()), headers=FORM)
-    body = await resp.json()
-    assert resp.status == 200, body
-    assert set(body) == {"access_token", "token_type", "expires_in"}
-    assert body["token_type"] == "bearer"
-    assert body["expires_in"] == settings.access_token_ttl
-    assert resp.headers["Cache-Control"] == "no-store"
-    assert resp.headers["Pragma"] == "no-cache"
+    body = await assert_token_response(resp, settings)
     me = await client.get("/users/me", headers=bearer(body["access_token"]))
     assert me.status == 200
 

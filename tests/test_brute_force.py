@@ -18,7 +18,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from authsvc.addresses import client_address
-from authsvc.app import create_app
 from authsvc.keys import HASHER, SETTINGS, THROTTLE
 from authsvc.throttle import Limits
 
@@ -41,23 +40,6 @@ class Answer(NamedTuple):
 def settings(base_settings):
     # The documented defaults for the account and address budgets (conftest turns them off).
     return base_settings.replace(account_max_failures_per_hour=100, address_max_failures_per_minute=30)
-
-
-@pytest.fixture
-async def db(database_url):
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-def make_client(aiohttp_client, settings):
-    """Start an app on the run's database with some settings changed."""
-
-    async def make(**changes: Any) -> TestClient:
-        return await aiohttp_client(create_app(settings.replace(**changes)))
-
-    return make
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,6 @@ import bcrypt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from authsvc.app import create_app
 from authsvc.keys import HASHER
 
 from helpers import PASSWORD, login, signup
@@ -33,23 +32,6 @@ EMAIL = "owner@example.com"
 def settings(base_settings):
     # The growth/cap checks below read these exact values back from the database.
     return base_settings.replace(login_backoff_base_ms=1, login_backoff_max_ms=8, login_failure_window=900)
-
-
-@pytest.fixture
-async def db(database_url):
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-def make_client(aiohttp_client, settings):
-    """Start another app on the same database with some settings changed."""
-
-    async def make(**changes: Any) -> TestClient:
-        return await aiohttp_client(create_app(settings.replace(**changes)))
-
-    return make
 
 
 async def attempt(client: TestClient, identifier: str, password: str, path: str = "/auth") -> tuple[int, dict, Any]:

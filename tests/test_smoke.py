@@ -1,4 +1,4 @@
-from helpers import PASSWORD, bearer, login, signup
+from helpers import bearer, login, signup
 
 
 async def test_signup_login_me(client):
