@@ -37,7 +37,7 @@ async def take(conn: asyncpg.Connection, scope: str, key: str, capacity: float, 
 async def seconds_until_token(conn: asyncpg.Connection, scope: str, key: str, capacity: float, rate: float) -> float:
     value = await conn.fetchval(
         f"""
-        SELECT greatest(extract(epoch FROM b.blocked_until - now())::float8, (1 - {LEVEL}) / $4, 0)
+        SELECT greatest(extract(epoch FROM greatest(b.blocked_until, now()) - now())::float8, (1 - {LEVEL}) / $4, 0)
           FROM login_budgets b WHERE b.scope = $1 AND b.key = $2
         """,
         scope,
