@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import aiohttp_cors
 from aiohttp import web
@@ -11,10 +12,12 @@ from .config import Settings
 from .db import pool_ctx
 from .keys import HASHER, SETTINGS, TOKENS
 from .middlewares import bearer_auth, errors_to_json, security_headers
+from .keyring import KeyRing
 from .passwords import PasswordHasher
+from .sessions import sessions_ctx
 from .throttle import throttle_ctx
 from .tokens import TokenService
-from .views import auth, health, todos, users
+from .views import auth, health, todos, users, wellknown
 
 
 async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -43,10 +46,19 @@ def _setup_cors(app: web.Application, origins: tuple[str, ...]) -> None:
         cors.add(route)
 
 
+def key_ring(settings: Settings) -> KeyRing:
+    if settings.token_algorithm == "HS256":
+        assert settings.token_secret is not None
+        return KeyRing.symmetric(settings.token_secret)
+    # A retired key verifies for as long as a token it signed can live.
+    keep = timedelta(seconds=settings.access_token_ttl + settings.token_leeway)
+    return KeyRing.from_file(settings.keys_file, keep)
+
+
 def create_app(settings: Settings) -> web.Application:
-    """Build the app; the database URL and secrets must already be resolved (see cli.py)."""
-    if settings.database_url is None or settings.token_secret is None or settings.password_pepper is None:
-        raise ValueError("create_app needs a database URL, a token secret and a password pepper")
+    """Build the app; the database URL, secrets and keys must already be resolved (see cli.py)."""
+    if settings.database_url is None or settings.password_pepper is None:
+        raise ValueError("create_app needs a database URL and a password pepper")
     app = web.Application(
         middlewares=[errors_to_json, bearer_auth],
         client_max_size=settings.max_body_bytes,
@@ -56,12 +68,13 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[TOKENS] = TokenService(
-        settings.token_secret, settings.issuer, settings.audience, settings.access_token_ttl, settings.token_leeway
+        key_ring(settings), settings.issuer, settings.audience, settings.access_token_ttl, settings.token_leeway
     )
     app.cleanup_ctx.append(hasher_ctx)
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(throttle_ctx)
-    for module in (health, auth, users, todos):
+    app.cleanup_ctx.append(sessions_ctx)
+    for module in (health, wellknown, auth, users, todos):
         app.add_routes(module.routes)
     _setup_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers)

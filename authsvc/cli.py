@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 
 import asyncpg
 from aiohttp import web
@@ -14,6 +15,7 @@ from aiohttp import web
 from . import config, embedded, migrate, secretfiles
 from .app import create_app
 from .config import ConfigError, Settings
+from .keyring import KeyError_, KeyFile
 
 log = logging.getLogger("authsvc")
 
@@ -26,7 +28,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (AUTHSVC_PORT, default 8080)")
     sub.add_parser("migrate", help="apply pending database migrations and exit")
     secrets = sub.add_parser("secrets", help="manage secret files in AUTHSVC_DATA_DIR")
-    secrets.add_argument("action", choices=["init"], help="init: create the missing secret files (mode 0600)")
+    secrets.add_argument(
+        "action", choices=["init"], help="init: create the missing secret files and signing keys (mode 0600)"
+    )
+    keys = sub.add_parser("keys", help="manage the token signing keys (AUTHSVC_SIGNING_KEYS_FILE)")
+    keys.add_argument(
+        "action",
+        choices=["list", "generate", "rotate", "activate", "prune"],
+        help="list; generate: add a key, published but not signing (active only if none is); "
+        "rotate: add a key and sign with it, retiring the old one; activate KID; "
+        "prune: drop retired keys whose tokens have all expired",
+    )
+    keys.add_argument("kid", nargs="?", help="the key to activate")
     return parser
 
 
@@ -79,12 +92,42 @@ def _run(argv: Sequence[str] | None) -> None:
     elif args.command == "secrets":
         secretfiles.resolve(settings, generate=True)
         print(f"authsvc: secrets ready in {settings.data_dir / 'secrets'}")
+    elif args.command == "keys":
+        _keys(settings, args.action, args.kid)
+
+
+def _keys(settings: Settings, action: str, kid: str | None) -> None:
+    if settings.token_algorithm == "HS256":
+        raise ConfigError("AUTHSVC_TOKEN_ALGORITHM", "HS256 signs with AUTHSVC_TOKEN_SECRET: there is no key file")
+    doc = KeyFile.load(settings.keys_file)
+    if action == "generate":
+        print(f"authsvc: generated key {doc.generate(settings.token_algorithm, activate=False)}")
+    elif action == "rotate":
+        print(f"authsvc: generated key {doc.generate(settings.token_algorithm, activate=True)}, now signing")
+    elif action == "activate":
+        if not kid:
+            raise ConfigError("kid", "name the key to activate (see `authsvc keys list`)")
+        doc.activate(kid)
+        print(f"authsvc: key {kid} now signing")
+    elif action == "prune":
+        keep = timedelta(seconds=settings.access_token_ttl + settings.token_leeway)
+        print(f"authsvc: removed {len(doc.prune(keep))} retired key(s)")
+    if action != "list":
+        doc.save()
+    for entry in doc.entries:
+        state = "active" if entry["kid"] == doc.active else f"retired {entry['retired_at']}" if entry[
+            "retired_at"
+        ] else "published"
+        print(f"  {entry['kid']}  {entry['alg']}  created {entry['created_at']}  {state}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         _run(argv)
     except ConfigError as exc:
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return 2
+    except KeyError_ as exc:
         print(f"authsvc: {exc}", file=sys.stderr)
         return 2
     except migrate.MigrationError as exc:

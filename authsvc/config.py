@@ -44,10 +44,17 @@ class Settings:
     token_secret: str | None = field(default=None, repr=False)
     password_pepper: str | None = field(default=None, repr=False)
     issuer: str = "authsvc"
+    public_base_url: str | None = None
     audience: str = "authsvc"
     access_token_ttl: int = 900
     token_leeway: int = 10
     password_grant: bool = True
+    token_algorithm: str = "EdDSA"
+    signing_keys_file: Path | None = None
+    refresh_reuse_grace: int = 10
+    session_idle_timeout: int = 7 * 86_400
+    session_lifetime: int = 30 * 86_400
+    introspection_clients: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     bcrypt_rounds: int = 12
     hash_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -71,6 +78,15 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return self.database_url is None
+
+    @property
+    def public_url(self) -> str:
+        """Where clients reach this service (for the metadata document)."""
+        return self.public_base_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.signing_keys_file or self.data_dir / "keys" / "signing-keys.json"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -144,6 +160,14 @@ def _networks(raw: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def _url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
 def _secret(raw: str) -> str:
     value = raw.strip()
     check_secret(value)
@@ -156,6 +180,30 @@ def check_secret(value: str) -> None:
             f"too short or too simple: use at least {MIN_SECRET_CHARS} random characters, e.g. the output of "
             "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
         )
+
+
+def _algorithm(raw: str) -> str:
+    value = raw.strip()
+    if value not in ("EdDSA", "ES256", "HS256"):
+        raise ValueError("must be EdDSA, ES256 or HS256")
+    return value
+
+
+def _clients(raw: str) -> tuple[tuple[str, str], ...]:
+    clients = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        client_id, sep, secret = item.partition(":")
+        if not sep or not client_id or not client_id.isprintable():
+            raise ValueError("must be a comma-separated list of client_id:secret pairs")
+        try:
+            check_secret(secret)
+        except ValueError as exc:
+            raise ValueError(f"the secret of {client_id!r} is {exc}") from None
+        clients.append((client_id, secret))
+    return tuple(clients)
 
 
 def _log_level(raw: str) -> str:
@@ -177,10 +225,17 @@ FIELDS: dict[str, Callable[[str], Any]] = {
     "token_secret": _secret,
     "password_pepper": _secret,
     "issuer": _text,
+    "public_base_url": _url,
     "audience": _text,
     "access_token_ttl": _int(60, 86_400),
     "token_leeway": _int(0, 300),
     "password_grant": _bool,
+    "token_algorithm": _algorithm,
+    "signing_keys_file": lambda raw: Path(_text(raw)),
+    "refresh_reuse_grace": _int(0, 300),
+    "session_idle_timeout": _int(300, 365 * 86_400),
+    "session_lifetime": _int(300, 3 * 365 * 86_400),
+    "introspection_clients": _clients,
     "bcrypt_rounds": _int(4, 31),
     "hash_workers": _int(1, 256),
     "hash_queue": _int(1, 100_000),
@@ -230,5 +285,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError(env_name("db_pool_min"), "must not exceed AUTHSVC_DB_POOL_MAX")
     if settings.login_backoff_base_ms > settings.login_backoff_max_ms:
         raise ConfigError(env_name("login_backoff_base_ms"), "must not exceed AUTHSVC_LOGIN_BACKOFF_MAX_MS")
+    if settings.session_idle_timeout > settings.session_lifetime:
+        raise ConfigError(env_name("session_idle_timeout"), "must not exceed AUTHSVC_SESSION_LIFETIME")
     if settings.token_secret is not None and settings.token_secret == settings.password_pepper:
         raise ConfigError(env_name("password_pepper"), "must differ from AUTHSVC_TOKEN_SECRET")

@@ -45,6 +45,11 @@ class OAuthError(ApiError):
         return {"error": self.code, "error_description": self.message, "message": self.message}
 
 
+class InvalidGrant(OAuthError):
+    def __init__(self, description: str = "The refresh token is invalid, expired or revoked.") -> None:
+        super().__init__("invalid_grant", description)
+
+
 class InvalidBody(ApiError):
     code = "invalid_body"
     message = "The body could not be read (is its Content-Encoding right?)."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -22,3 +23,4 @@ THROTTLE = web.AppKey("throttle", "LoginThrottle")
 
 # Set by the bearer middleware on protected routes.
 CURRENT_USER = web.RequestKey("current_user", "User")
+CURRENT_SESSION = web.RequestKey("current_session", uuid.UUID)

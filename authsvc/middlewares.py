@@ -8,11 +8,10 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from . import sessions
 from .db import UNAVAILABLE_ERRORS
 from .errors import ApiError, InvalidRequest, InvalidToken, Unauthorized, Unavailable
-from .ids import parse_id
-from .keys import CURRENT_USER, POOL, TOKENS
-from .repo import users
+from .keys import CURRENT_SESSION, CURRENT_USER
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +95,7 @@ def bearer_token(request: web.Request) -> str:
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if _is_public(request):
         return await handler(request)
-    claims = request.app[TOKENS].verify(bearer_token(request))
-    user_id = parse_id(claims["sub"])
-    assert user_id is not None  # TokenService.verify checked it
-    async with request.app[POOL].acquire() as conn:
-        user = await users.select_by_id(conn, user_id)
-    if user is None:  # deleted since the token was issued
-        raise InvalidToken()
-    request[CURRENT_USER] = user
+    request[CURRENT_USER], request[CURRENT_SESSION] = await sessions.user_of(request.app, bearer_token(request))
     return await handler(request)
 
 

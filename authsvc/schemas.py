@@ -111,10 +111,19 @@ class TokenGrantSchema(Base):
     client_id = Text()
 
 
+class RefreshSchema(Base):
+    refresh_token = Text(required=True, validate=validate.Length(1, 200))
+
+
+class LogoutQuery(Base):
+    scope = fields.String(load_default="session", validate=validate.OneOf(["session", "all"]))
+
+
 class TokenSchema(Schema):
     access_token = fields.String()
     token_type = fields.String()
     expires_in = fields.Integer()
+    refresh_token = fields.String()
 
 
 # --- todos ---

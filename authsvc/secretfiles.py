@@ -12,6 +12,7 @@ import secrets
 from pathlib import Path
 
 from .config import ConfigError, Settings, check_secret, env_name
+from .keyring import KeyError_, KeyFile
 
 SECRET_NAMES = ("token_secret", "password_pepper")
 
@@ -42,11 +43,34 @@ def _generate(path: Path) -> str:
     return value
 
 
+def _needed(settings: Settings) -> tuple[str, ...]:
+    # The token secret signs only in HS256 mode; asymmetric keys live in the key file.
+    return SECRET_NAMES if settings.token_algorithm == "HS256" else ("password_pepper",)
+
+
+def ensure_keys(settings: Settings, *, generate: bool) -> None:
+    """Make sure the signing key file exists (asymmetric modes), creating it when allowed."""
+    if settings.token_algorithm == "HS256":
+        return
+    path = settings.keys_file
+    doc = KeyFile.load(path)
+    if doc.entries:
+        return
+    if not generate:
+        raise ConfigError(env_name("signing_keys_file"), f"no signing keys at {path}: run `authsvc keys generate`")
+    doc.generate(settings.token_algorithm, activate=True)
+    doc.save()
+
+
 def resolve(settings: Settings, *, generate: bool | None = None) -> Settings:
-    """Fill in missing secrets; generate them only when allowed (default: embedded mode)."""
+    """Fill in missing secrets and keys; generate them only when allowed (default: embedded mode)."""
     generate = settings.embedded if generate is None else generate
+    try:
+        ensure_keys(settings, generate=generate)
+    except KeyError_ as exc:
+        raise ConfigError(env_name("signing_keys_file"), str(exc)) from None
     found = {}
-    for name in SECRET_NAMES:
+    for name in _needed(settings):
         if getattr(settings, name) is not None:
             continue
         path = secret_path(settings.data_dir, name)

@@ -1,9 +1,10 @@
-"""Access tokens: signed JWTs with pinned algorithm, audience, issuer and type."""
+"""Access tokens: JWTs signed by the key ring's active key, verified against our own keys only."""
 
 from __future__ import annotations
 
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,49 +12,63 @@ import jwt
 
 from .errors import InvalidToken
 from .ids import parse_id
+from .keyring import KeyRing
 
-ALGORITHM = "HS256"
 TOKEN_TYPE = "at+jwt"  # RFC 9068: keeps other JWTs (ID tokens, refresh tokens) out
-REQUIRED_CLAIMS = ["sub", "iat", "exp", "iss", "aud", "jti"]
+REQUIRED_CLAIMS = ["sub", "iat", "exp", "iss", "aud", "jti", "sid"]
+# Headers that would let a token name its own verification key or demand extensions.
+FORBIDDEN_HEADERS = ("jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256", "crit")
 
 
 @dataclass(frozen=True)
-class IssuedToken:
-    access_token: str
-    expires_in: int
-
-    def body(self) -> dict[str, Any]:
-        return {"access_token": self.access_token, "token_type": "bearer", "expires_in": self.expires_in}
+class AccessClaims:
+    user_id: int
+    session_id: uuid.UUID
+    raw: dict[str, Any]
 
 
 class TokenService:
-    def __init__(self, secret: str, issuer: str, audience: str, ttl: int, leeway: int) -> None:
-        self._secret = secret
+    def __init__(self, keys: KeyRing, issuer: str, audience: str, ttl: int, leeway: int) -> None:
+        self.keys = keys
         self._issuer = issuer
         self._audience = audience
-        self._ttl = ttl
+        self.ttl = ttl
         self._leeway = leeway
 
-    def issue(self, user_id: int) -> IssuedToken:
+    def issue(self, user_id: int, session_id: uuid.UUID) -> str:
         now = int(time.time())
         claims = {
             "iss": self._issuer,
             "sub": str(user_id),
             "aud": self._audience,
             "iat": now,
-            "exp": now + self._ttl,
+            "exp": now + self.ttl,
             "jti": secrets.token_urlsafe(16),
+            "sid": str(session_id),
         }
-        token = jwt.encode(claims, self._secret, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE})
-        return IssuedToken(token, self._ttl)
+        key = self.keys.active
+        return jwt.encode(claims, key.private, algorithm=key.alg, headers={"typ": TOKEN_TYPE, "kid": key.kid})
 
-    def verify(self, token: str) -> dict[str, Any]:
-        """Return the claims of a valid access token; raise InvalidToken otherwise."""
+    def verify(self, token: str) -> AccessClaims:
+        """The claims of a well-signed, current access token; InvalidToken otherwise.
+
+        The key is chosen by `kid` among our own keys and the algorithm is that key's, so
+        `alg: none`, HS256 signed with a public key and keys named in the token all fail.
+        """
         try:
-            decoded = jwt.decode_complete(
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken() from None
+        if header.get("typ") != TOKEN_TYPE or any(name in header for name in FORBIDDEN_HEADERS):
+            raise InvalidToken()
+        key = self.keys.key_for(header.get("kid"))
+        if key is None or header.get("alg") != key.alg:
+            raise InvalidToken()
+        try:
+            claims = jwt.decode(
                 token,
-                self._secret,
-                algorithms=[ALGORITHM],
+                key.public,
+                algorithms=[key.alg],
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
@@ -61,11 +76,11 @@ class TokenService:
             )
         except jwt.PyJWTError:
             raise InvalidToken() from None
-        # PyJWT does not check `typ`; without this any JWT signed with our key would pass.
-        if decoded["header"].get("typ") != TOKEN_TYPE:
+        user_id = parse_id(claims["sub"]) if isinstance(claims["sub"], str) else None
+        try:
+            session_id = uuid.UUID(claims["sid"]) if isinstance(claims["sid"], str) else None
+        except ValueError:
+            session_id = None
+        if user_id is None or session_id is None:
             raise InvalidToken()
-        claims = decoded["payload"]
-        sub = claims["sub"]
-        if not isinstance(sub, str) or parse_id(sub) is None:
-            raise InvalidToken()
-        return claims
+        return AccessClaims(user_id, session_id, claims)

@@ -28,10 +28,11 @@ from aiohttp.test_utils import TestClient
 from authsvc import embedded, migrate
 from authsvc.app import create_app
 from authsvc.config import Settings
+from authsvc.keyring import KeyFile
 
 from helpers import bearer, login, signup
 
-TABLES = "todos, login_backoff, login_budgets, login_known_addresses, auth_events, users"
+TABLES = "todos, refresh_tokens, sessions, login_backoff, login_budgets, login_known_addresses, auth_events, users"
 
 
 def _with_database(url: str, name: str) -> str:
@@ -117,10 +118,20 @@ def database_url(databases: Databases) -> str:
 
 
 @pytest.fixture(scope="session")
-def base_settings(database_url: str) -> Settings:
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A signing key file with one active EdDSA key, as `authsvc keys generate` makes it."""
+    doc = KeyFile.load(tmp_path_factory.mktemp("keys") / "signing-keys.json")
+    doc.generate("EdDSA", activate=True)
+    doc.save()
+    return doc.path
+
+
+@pytest.fixture(scope="session")
+def base_settings(database_url: str, keys_file: Path) -> Settings:
     # Cheap bcrypt and millisecond backoff: the rules are the same, the suite stays fast.
     return Settings(
         database_url=database_url,
+        signing_keys_file=keys_file,
         token_secret=secrets.token_urlsafe(48),
         password_pepper=secrets.token_urlsafe(48),
         bcrypt_rounds=4,

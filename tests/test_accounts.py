@@ -7,13 +7,16 @@ import base64
 import json
 import time
 import urllib.parse
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from authsvc.app import create_app
+from authsvc.keyring import KeyRing
 from helpers import PASSWORD, bearer, login, signup
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -71,28 +74,22 @@ def b64url_decode(text: str) -> bytes:
 
 def forge(
     settings: Any,
-    sub: Any,
+    token: str,
     *,
     drop: tuple[str, ...] = (),
-    algorithm: str = "HS256",
+    algorithm: str | None = None,
     typ: str = "at+jwt",
-    secret: str | None = None,
+    key: Any = None,
     **overrides: Any,
 ) -> str:
-    """A token signed like the service signs, with chosen claims changed or left out."""
-    now = int(time.time())
-    claims = {
-        "iss": settings.issuer,
-        "sub": str(sub),
-        "aud": settings.audience,
-        "iat": now,
-        "exp": now + 300,
-        "jti": "forged-jti",
-        **overrides,
-    }
+    """The claims of a real token, re-signed as the service signs (its active key and kid),
+    with chosen claims changed or left out, or another key or algorithm used."""
+    active = KeyRing.from_file(settings.keys_file, timedelta(0)).active
+    claims = {**jwt.decode(token, options={"verify_signature": False}), "jti": "forged-jti", **overrides}
     for name in drop:
         del claims[name]
-    return jwt.encode(claims, secret or settings.token_secret, algorithm=algorithm, headers={"typ": typ})
+    signing_key = key if key is not None else active.private
+    return jwt.encode(claims, signing_key, algorithm=algorithm or active.alg, headers={"typ": typ, "kid": active.kid})
 
 
 async def assert_invalid_token(client: Any, token: str) -> None:
@@ -191,7 +188,7 @@ async def assert_token_response(resp, settings) -> dict:
     """RFC 6749 5.1: the token body, and headers that forbid caching it."""
     body = await resp.json()
     assert resp.status == 200, body
-    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token"}
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == settings.access_token_ttl
     assert resp.headers["Cache-Control"] == "no-store"
@@ -309,7 +306,8 @@ async def test_password_grant_can_be_switched_off(aiohttp_client, base_settings)
     off = await aiohttp_client(create_app(base_settings.replace(password_grant=False)))
     await signup(off, "owner@example.com")
     resp = await off.post("/auth/token", data=form(grant()), headers=FORM)
-    await assert_error(resp, 404, "not_found")
+    # The endpoint stays for the refresh grant; the password grant is not offered.
+    await assert_error(resp, 400, "unsupported_grant_type")
     # /auth is unaffected.
     await login(off, "owner@example.com")
 
@@ -431,7 +429,7 @@ class TestBearer:
     async def test_a_token_forged_the_service_way_is_accepted(self, client, settings, user_token):
         # Guards the forging helper: the negative cases below differ from this in one thing only.
         user_id = jwt.decode(user_token, options={"verify_signature": False})["sub"]
-        resp = await client.get("/users/me", headers=bearer(forge(settings, user_id)))
+        resp = await client.get("/users/me", headers=bearer(forge(settings, user_token)))
         assert resp.status == 200
         assert (await resp.json())["id"] == int(user_id)
 
@@ -456,7 +454,7 @@ class TestBearer:
     async def test_expired_token(self, client, settings, user_token):
         user_id = jwt.decode(user_token, options={"verify_signature": False})["sub"]
         past = int(time.time()) - settings.token_leeway - 60
-        await assert_invalid_token(client, forge(settings, user_id, iat=past - 300, exp=past))
+        await assert_invalid_token(client, forge(settings, user_token, iat=past - 300, exp=past))
 
     async def test_alg_none_token(self, client, settings, user_token):
         user_id = jwt.decode(user_token, options={"verify_signature": False})["sub"]
@@ -473,31 +471,31 @@ class TestBearer:
         token = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode()) + "."
         await assert_invalid_token(client, token)
 
-    async def test_other_algorithm_with_the_right_secret(self, client, settings, user_token):
+    async def test_hmac_algorithm_with_the_service_secret(self, client, settings, user_token):
         user_id = jwt.decode(user_token, options={"verify_signature": False})["sub"]
-        await assert_invalid_token(client, forge(settings, user_id, algorithm="HS512"))
+        await assert_invalid_token(client, forge(settings, user_token, algorithm="HS512", key=settings.token_secret))
 
     @pytest.mark.parametrize("claim", ["aud", "iss"])
     async def test_wrong_audience_or_issuer(self, client, settings, user_token, claim):
         user_id = jwt.decode(user_token, options={"verify_signature": False})["sub"]
-        await assert_invalid_token(client, forge(settings, user_id, **{claim: "someone-else"}))
+        await assert_invalid_token(client, forge(settings, user_token, **{claim: "someone-else"}))
 
     @pytest.mark.parametrize("claim", ["jti", "exp", "iat", "iss", "aud"])
     async def test_missing_required_claim(self, client, settings, user_token, claim):
         user_id = jwt.decode(user_token, options={"verify_signature": False})["sub"]
-        await assert_invalid_token(client, forge(settings, user_id, drop=(claim,)))
+        await assert_invalid_token(client, forge(settings, user_token, drop=(claim,)))
 
     async def test_missing_sub(self, client, settings, user_token):
-        await assert_invalid_token(client, forge(settings, 1, drop=("sub",)))
+        await assert_invalid_token(client, forge(settings, user_token, drop=("sub",)))
 
     @pytest.mark.parametrize("typ", ["JWT", "jwt", "refresh+jwt"])
     async def test_wrong_typ_header(self, client, settings, user_token, typ):
         user_id = jwt.decode(user_token, options={"verify_signature": False})["sub"]
-        await assert_invalid_token(client, forge(settings, user_id, typ=typ))
+        await assert_invalid_token(client, forge(settings, user_token, typ=typ))
 
-    async def test_wrong_secret(self, client, settings, user_token):
+    async def test_another_key_under_our_kid(self, client, settings, user_token):
         user_id = jwt.decode(user_token, options={"verify_signature": False})["sub"]
-        await assert_invalid_token(client, forge(settings, user_id, secret="x" * 64 + "another secret key"))
+        await assert_invalid_token(client, forge(settings, user_token, key=Ed25519PrivateKey.generate()))
 
     async def test_basic_scheme_is_401_without_error_details(self, client, user_token):
         # RFC 6750 3.1: an unsupported authentication method is treated like no credentials:

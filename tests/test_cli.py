@@ -104,8 +104,13 @@ def test_bad_setting_stops_start_with_one_line(var, value):
 def test_external_database_without_secrets_is_refused(database_url, tmp_path):
     result = _run("serve", AUTHSVC_DATABASE_URL=database_url, AUTHSVC_DATA_DIR=str(tmp_path))
     assert result.returncode == 2
-    assert result.stderr.startswith("authsvc: AUTHSVC_TOKEN_SECRET: not set")
+    assert result.stderr.startswith("authsvc: AUTHSVC_SIGNING_KEYS_FILE: no signing keys")
     assert "Traceback" not in result.stderr
+    hs256 = _run(
+        "serve", AUTHSVC_DATABASE_URL=database_url, AUTHSVC_DATA_DIR=str(tmp_path), AUTHSVC_TOKEN_ALGORITHM="HS256"
+    )
+    assert hs256.returncode == 2
+    assert hs256.stderr.startswith("authsvc: AUTHSVC_TOKEN_SECRET: not set")
 
 
 def test_unreachable_database_is_one_line(tmp_path):
@@ -131,16 +136,34 @@ def test_migrate_command(databases):
 def test_secrets_init_creates_private_files(tmp_path):
     result = _run("secrets", "init", AUTHSVC_DATA_DIR=str(tmp_path), AUTHSVC_DATABASE_URL="postgresql://x@db/y")
     assert result.returncode == 0, result.stderr
-    for name in ("token_secret", "password_pepper"):
-        path = tmp_path / "secrets" / name
+    pepper = tmp_path / "secrets" / "password_pepper"
+    keys = tmp_path / "keys" / "signing-keys.json"
+    for path in (pepper, keys):
         assert path.stat().st_mode & 0o777 == 0o600
-        assert path.read_text().strip() not in result.stdout + result.stderr
+    assert pepper.read_text().strip() not in result.stdout + result.stderr
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
+
+
+def test_keys_commands_rotate_and_prune(tmp_path):
+    env = {"AUTHSVC_DATA_DIR": str(tmp_path)}
+    first = _run("keys", "generate", **env)
+    assert first.returncode == 0, first.stderr
+    second = _run("keys", "generate", **env)
+    rotated = _run("keys", "rotate", **env)
+    listing = _run("keys", "list", **env).stdout
+    assert listing.count("active") == 1 and listing.count("published") == 1 and listing.count("retired") == 1
+    assert "PRIVATE KEY" not in first.stdout + second.stdout + rotated.stdout + listing
+    # Nothing retired long enough ago yet: prune keeps every key.
+    assert "removed 0" in _run("keys", "prune", **env).stdout
+    bad = _run("keys", "activate", "no-such-kid", **env)
+    assert bad.returncode == 2 and bad.stderr.startswith("authsvc: no key no-such-kid")
 
 
 async def test_serve_on_an_external_database(databases, tmp_path):
     url = databases.create(migrated=False)  # serve applies the migrations itself
     settings = {
         "AUTHSVC_DATABASE_URL": url,
+        "AUTHSVC_TOKEN_ALGORITHM": "HS256",  # a single-service set-up: no key file needed
         "AUTHSVC_TOKEN_SECRET": secrets.token_urlsafe(48),
         "AUTHSVC_PASSWORD_PEPPER": secrets.token_urlsafe(48),
         "AUTHSVC_BCRYPT_ROUNDS": "4",
@@ -168,7 +191,7 @@ async def test_serve_embedded_keeps_data_and_secrets_across_restarts(tmp_path):
     assert served.proc.returncode == 0
     out = served.output
     assert "embedded PostgreSQL" in out and str(tmp_path / ".authsvc" / "pgdata") in out
-    secret_file = tmp_path / ".authsvc" / "secrets" / "token_secret"
+    secret_file = tmp_path / ".authsvc" / "secrets" / "password_pepper"
     assert secret_file.stat().st_mode & 0o777 == 0o600
     assert secret_file.read_text().strip() not in out
 

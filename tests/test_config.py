@@ -10,6 +10,7 @@ import pytest
 
 from authsvc import config, secretfiles
 from authsvc.config import ConfigError, Settings
+from authsvc.keyring import KeyFile
 
 GOOD_SECRET = secrets.token_urlsafe(48)
 
@@ -83,31 +84,60 @@ def test_secrets_never_in_repr():
     assert GOOD_SECRET not in repr(s)
 
 
-def test_embedded_mode_generates_secrets_once(tmp_path):
+def test_embedded_mode_generates_the_pepper_and_a_signing_key_once(tmp_path):
     s = Settings(data_dir=tmp_path)
+    first = secretfiles.resolve(s)
+    keys = s.keys_file.read_text()
+    again = secretfiles.resolve(s)
+    assert first.password_pepper and again.password_pepper == first.password_pepper
+    assert s.keys_file.read_text() == keys, "the key file is made once, then reused"
+    assert first.token_secret is None, "EdDSA signs with the key file, not a shared secret"
+    for path in (tmp_path / "secrets" / "password_pepper", s.keys_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_embedded_hs256_mode_generates_both_secrets_once(tmp_path):
+    s = Settings(data_dir=tmp_path, token_algorithm="HS256")
     first = secretfiles.resolve(s)
     again = secretfiles.resolve(s)
     assert first.token_secret and first.password_pepper
     assert first.token_secret != first.password_pepper
     assert (again.token_secret, again.password_pepper) == (first.token_secret, first.password_pepper)
+    assert not s.keys_file.exists()
     for name in secretfiles.SECRET_NAMES:
         mode = stat.S_IMODE((tmp_path / "secrets" / name).stat().st_mode)
         assert mode == 0o600
 
 
-def test_external_database_needs_secrets(tmp_path):
+def test_external_database_needs_keys_and_secrets(tmp_path):
     s = Settings(database_url="postgresql://u@db/authsvc", data_dir=tmp_path)
     with pytest.raises(ConfigError) as err:
         secretfiles.resolve(s)
+    assert err.value.var == "AUTHSVC_SIGNING_KEYS_FILE"
+    assert "authsvc keys generate" in str(err.value)
+    assert not s.keys_file.exists() and not (tmp_path / "secrets").exists()
+    with pytest.raises(ConfigError) as err:
+        secretfiles.resolve(s.replace(token_algorithm="HS256"))
     assert err.value.var == "AUTHSVC_TOKEN_SECRET"
-    assert not (tmp_path / "secrets").exists()
+
+
+def test_external_database_with_a_key_file_needs_the_pepper(tmp_path):
+    doc = KeyFile.load(tmp_path / "keys.json")
+    doc.generate("EdDSA", activate=True)
+    doc.save()
+    s = Settings(database_url="postgresql://u@db/authsvc", data_dir=tmp_path, signing_keys_file=doc.path)
+    with pytest.raises(ConfigError) as err:
+        secretfiles.resolve(s)
+    assert err.value.var == "AUTHSVC_PASSWORD_PEPPER"
+    pepper = secrets.token_urlsafe(48)
+    assert secretfiles.resolve(s.replace(password_pepper=pepper)).password_pepper == pepper
 
 
 def test_secret_files_are_read_and_checked(tmp_path):
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "token_secret").write_text(GOOD_SECRET + "\n")
     (tmp_path / "secrets" / "password_pepper").write_text("short\n")
-    s = Settings(database_url="postgresql://u@db/authsvc", data_dir=tmp_path)
+    s = Settings(database_url="postgresql://u@db/authsvc", data_dir=tmp_path, token_algorithm="HS256")
     with pytest.raises(ConfigError) as err:
         secretfiles.resolve(s)
     assert err.value.var == "AUTHSVC_PASSWORD_PEPPER"

@@ -1,16 +1,21 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
+from typing import Any
 
 from aiohttp import web
 from marshmallow import ValidationError
 
-from ..bodies import read_json
+from .. import sessions
+from ..bodies import read_json, read_query
 from ..credentials import authenticate
-from ..errors import InvalidBody, InvalidCredentials, NotFound, OAuthError, RequestTimeout
-from ..keys import SETTINGS, TOKENS
+from ..errors import ApiError, InvalidBody, InvalidCredentials, NotFound, OAuthError, RequestTimeout
+from ..keys import CURRENT_SESSION, CURRENT_USER, SETTINGS
 from ..middlewares import public
-from ..schemas import LoginSchema, TokenGrantSchema
+from ..schemas import LoginSchema, LogoutQuery, RefreshSchema, TokenGrantSchema
 from .common import client_address
 
 routes = web.RouteTableDef()
@@ -21,10 +26,12 @@ FORM = "application/x-www-form-urlencoded"
 
 login_schema = LoginSchema()
 grant_schema = TokenGrantSchema()
+refresh_schema = RefreshSchema()
+logout_query = LogoutQuery()
 
 
-def _token_response(request: web.Request, user_id: int) -> web.Response:
-    return web.json_response(request.app[TOKENS].issue(user_id).body(), headers=TOKEN_HEADERS)
+def _tokens(body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, headers=TOKEN_HEADERS)
 
 
 @routes.post("/auth")
@@ -33,7 +40,14 @@ async def login(request: web.Request) -> web.Response:
     data = await read_json(request, login_schema)
     identifier = data.get("username", data.get("email"))
     user = await authenticate(request.app, identifier, data["password"], client_address(request))
-    return _token_response(request, user.id)
+    return _tokens(await sessions.start(request.app, user))
+
+
+@routes.post("/auth/refresh")
+@public
+async def refresh(request: web.Request) -> web.Response:
+    data = await read_json(request, refresh_schema)
+    return _tokens(await sessions.refresh(request.app, data["refresh_token"]))
 
 
 async def _read_form(request: web.Request) -> dict[str, str]:
@@ -54,18 +68,25 @@ async def _read_form(request: web.Request) -> dict[str, str]:
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
+def _required(form: dict[str, str], name: str) -> str:
+    value = form.get(name)
+    if not value or "\x00" in value or len(value) > 1024:
+        raise OAuthError("invalid_request", f"{name} is missing or not valid.")
+    return value
+
+
 @routes.post("/auth/token")
 @public
 async def token(request: web.Request) -> web.Response:
-    """The OAuth2 resource owner password grant (RFC 6749 4.3)."""
-    if not request.app[SETTINGS].password_grant:
-        raise NotFound()
+    """The OAuth2 token endpoint: password grant (RFC 6749 4.3) and refresh (section 6)."""
     form = await _read_form(request)
     grant_type = form.get("grant_type")
     if not grant_type:
         raise OAuthError("invalid_request", "grant_type is required.")
-    if grant_type != "password":
-        raise OAuthError("unsupported_grant_type", "Only grant_type=password is supported here.")
+    if grant_type == "refresh_token":
+        return _tokens(await sessions.refresh(request.app, _required(form, "refresh_token")))
+    if grant_type != "password" or not request.app[SETTINGS].password_grant:
+        raise OAuthError("unsupported_grant_type", f"grant_type={grant_type} is not supported here.")
     try:
         data = grant_schema.load(form)
     except ValidationError as exc:
@@ -75,4 +96,62 @@ async def token(request: web.Request) -> web.Response:
         user = await authenticate(request.app, data["username"], data["password"], client_address(request))
     except InvalidCredentials:
         raise OAuthError("invalid_grant", InvalidCredentials.message) from None
-    return _token_response(request, user.id)
+    return _tokens(await sessions.start(request.app, user))
+
+
+@routes.post("/auth/logout")
+async def logout(request: web.Request) -> web.Response:
+    """End this session, or with ?scope=all every session of the user."""
+    query = read_query(request, logout_query)
+    if query["scope"] == "all":
+        await sessions.end_all(request.app, request[CURRENT_USER].id, "logout_all")
+    else:
+        await sessions.end(request.app, request[CURRENT_SESSION], "logout")
+    return web.Response(status=204)
+
+
+class ClientUnauthorized(ApiError):
+    status = 401
+    code = "invalid_client"
+    message = "Authenticate with a service credential (HTTP Basic)."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"WWW-Authenticate": 'Basic realm="authsvc"'})
+
+
+def _check_service_credential(request: web.Request) -> None:
+    """HTTP Basic with one of AUTHSVC_INTROSPECTION_CLIENTS, compared in constant time."""
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        raise ClientUnauthorized()
+    try:
+        client_id, sep, secret = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ClientUnauthorized() from None
+    matched = False
+    for known_id, known_secret in request.app[SETTINGS].introspection_clients:
+        # Every entry is compared, so timing does not tell which ids exist.
+        same = hmac.compare_digest(client_id.encode(), known_id.encode())
+        matched |= same & hmac.compare_digest(secret.encode(), known_secret.encode())
+    if not sep or not matched:
+        raise ClientUnauthorized()
+
+
+@routes.post("/auth/introspect")
+@public  # authenticated by a service credential, not a bearer token
+async def introspect(request: web.Request) -> web.Response:
+    """RFC 7662 token introspection, for services that need revocation at once."""
+    if not request.app[SETTINGS].introspection_clients:
+        raise NotFound()
+    _check_service_credential(request)
+    form = await _read_form(request)
+    return web.json_response(await sessions.introspect(request.app, _required(form, "token")), headers=TOKEN_HEADERS)
+
+
+@routes.post("/auth/revoke")
+@public  # holding the token is the proof (RFC 7009 for public clients)
+async def revoke(request: web.Request) -> web.Response:
+    """RFC 7009: 200 whether or not the token was known."""
+    form = await _read_form(request)
+    await sessions.revoke_token(request.app, _required(form, "token"))
+    return web.Response(status=200, headers=TOKEN_HEADERS)

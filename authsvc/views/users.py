@@ -5,7 +5,7 @@ from aiohttp import web
 from .. import accounts
 from ..bodies import read_json
 from ..errors import InvalidToken
-from ..keys import CURRENT_USER, POOL
+from ..keys import CURRENT_SESSION, CURRENT_USER, POOL
 from ..middlewares import public
 from ..repo import users
 from ..schemas import PasswordChangeSchema, SignupSchema, UserPatchSchema, UserSchema
@@ -50,7 +50,12 @@ async def update_me(request: web.Request) -> web.Response:
 async def change_password(request: web.Request) -> web.Response:
     data = await read_json(request, password_schema)
     await accounts.change_password(
-        request.app, request[CURRENT_USER], data["current_password"], data["new_password"], client_address(request)
+        request.app,
+        request[CURRENT_USER],
+        request[CURRENT_SESSION],
+        data["current_password"],
+        data["new_password"],
+        client_address(request),
     )
     return web.Response(status=204)
 

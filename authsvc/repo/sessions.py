@@ -1,0 +1,139 @@
+"""Sessions and refresh tokens."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from .users import COLUMNS as USER_COLUMNS
+from .users import User
+
+
+@dataclass(frozen=True)
+class RefreshState:
+    """A presented refresh token with its session, locked for this transaction."""
+
+    session_id: uuid.UUID
+    user_id: int
+    used_at: datetime | None
+    live: bool  # the session is neither revoked nor expired (absolute or idle)
+    used_within_grace: bool
+
+
+async def insert_session(conn: asyncpg.Connection, session_id: uuid.UUID, user_id: int, lifetime: timedelta) -> None:
+    await conn.execute(
+        "INSERT INTO sessions (id, user_id, expires_at) VALUES ($1, $2, now() + $3::interval)",
+        session_id,
+        user_id,
+        lifetime,
+    )
+
+
+async def insert_refresh_token(conn: asyncpg.Connection, token_hash: bytes, session_id: uuid.UUID) -> None:
+    await conn.execute("INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)", token_hash, session_id)
+
+
+async def lock_refresh(
+    conn: asyncpg.Connection, token_hash: bytes, idle: timedelta, grace: timedelta
+) -> RefreshState | None:
+    """Find a refresh token and lock its session row: refreshes of one session take turns."""
+    row = await conn.fetchrow(
+        """
+        SELECT s.id AS session_id, s.user_id, t.used_at,
+               (s.revoked_at IS NULL AND s.expires_at > now() AND s.last_used_at > now() - $2::interval) AS live,
+               (t.used_at IS NOT NULL AND t.used_at > now() - $3::interval) AS used_within_grace
+          FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+         WHERE t.token_hash = $1
+           FOR UPDATE OF s
+        """,
+        token_hash,
+        idle,
+        grace,
+    )
+    return RefreshState(**row) if row is not None else None
+
+
+async def mark_used(conn: asyncpg.Connection, token_hash: bytes) -> None:
+    await conn.execute("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1", token_hash)
+
+
+async def touch(conn: asyncpg.Connection, session_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE sessions SET last_used_at = now() WHERE id = $1", session_id)
+
+
+async def revoke(conn: asyncpg.Connection, session_id: uuid.UUID, reason: str) -> bool:
+    result = await conn.execute(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = $2 WHERE id = $1 AND revoked_at IS NULL",
+        session_id,
+        reason,
+    )
+    return result == "UPDATE 1"
+
+
+async def revoke_all(
+    conn: asyncpg.Connection, user_id: int, reason: str, keep: uuid.UUID | None = None
+) -> int:
+    result = await conn.execute(
+        """
+        UPDATE sessions SET revoked_at = now(), revoked_reason = $2
+         WHERE user_id = $1 AND revoked_at IS NULL AND ($3::uuid IS NULL OR id <> $3)
+        """,
+        user_id,
+        reason,
+        keep,
+    )
+    return int(result.split()[-1])
+
+
+async def select_session_user(
+    conn: asyncpg.Connection, session_id: uuid.UUID, user_id: int, idle: timedelta
+) -> User | None:
+    """The user of a live session: the one query behind every authenticated request."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT {", ".join("u." + c.strip() for c in USER_COLUMNS.split(","))}
+          FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL
+           AND s.expires_at > now() AND s.last_used_at > now() - $3::interval
+        """,
+        session_id,
+        user_id,
+        idle,
+    )
+    return User(**row) if row is not None else None
+
+
+async def select_refresh_owner(
+    conn: asyncpg.Connection, token_hash: bytes, idle: timedelta
+) -> tuple[uuid.UUID, int, datetime] | None:
+    """(session, user, session expiry) of a refresh token that could still be used."""
+    row = await conn.fetchrow(
+        """
+        SELECT s.id, s.user_id, s.expires_at
+          FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+         WHERE t.token_hash = $1 AND t.used_at IS NULL AND s.revoked_at IS NULL
+           AND s.expires_at > now() AND s.last_used_at > now() - $2::interval
+        """,
+        token_hash,
+        idle,
+    )
+    return (row["id"], row["user_id"], row["expires_at"]) if row is not None else None
+
+
+async def session_of_refresh_token(conn: asyncpg.Connection, token_hash: bytes) -> uuid.UUID | None:
+    return await conn.fetchval("SELECT session_id FROM refresh_tokens WHERE token_hash = $1", token_hash)
+
+
+async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
+    """Drop sessions that ended (expired or revoked) longer ago than `older_than`."""
+    result = await conn.execute(
+        """
+        DELETE FROM sessions
+         WHERE expires_at < now() - $1::interval OR revoked_at < now() - $1::interval
+        """,
+        older_than,
+    )
+    return int(result.split()[-1])
