@@ -95,7 +95,9 @@ def bearer_token(request: web.Request) -> str:
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if _is_public(request):
         return await handler(request)
-    request[CURRENT_USER], request[CURRENT_SESSION] = await sessions.user_of(request.app, bearer_token(request))
+    user, claims = await sessions.user_of(request.app, bearer_token(request))
+    request[CURRENT_USER] = user
+    request[CURRENT_SESSION] = claims.session_id
     return await handler(request)
 
 

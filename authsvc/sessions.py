@@ -26,6 +26,7 @@ from .keyring import RELOAD_EVERY
 from .keys import POOL, SETTINGS, TOKENS
 from .repo import sessions
 from .repo.users import User
+from .tokens import AccessClaims
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +107,14 @@ async def end_all(app: web.Application, user_id: int, reason: str, keep: uuid.UU
         return await sessions.revoke_all(conn, user_id, reason, keep)
 
 
-async def user_of(app: web.Application, access_token: str) -> tuple[User, uuid.UUID]:
-    """The user and session of a valid access token whose session is live; InvalidToken otherwise."""
+async def user_of(app: web.Application, access_token: str) -> tuple[User, AccessClaims]:
+    """The user and claims of a valid access token whose session is live; InvalidToken otherwise."""
     claims = app[TOKENS].verify(access_token)
     async with app[POOL].acquire() as conn:
         user = await sessions.select_session_user(conn, claims.session_id, claims.user_id, _idle(app))
     if user is None:  # logged out, expired, or the user is gone
         raise InvalidToken()
-    return user, claims.session_id
+    return user, claims
 
 
 async def introspect(app: web.Application, token: str) -> dict[str, Any]:
@@ -132,8 +133,7 @@ async def introspect(app: web.Application, token: str) -> dict[str, Any]:
             "exp": int(expires_at.timestamp()),
         }
     try:
-        claims = app[TOKENS].verify(token)
-        await user_of(app, token)
+        _, claims = await user_of(app, token)
     except InvalidToken:
         return {"active": False}
     return {"active": True, "token_type": "access_token", **claims.raw}
