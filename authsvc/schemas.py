@@ -112,7 +112,8 @@ class TokenGrantSchema(Base):
 
 
 class RefreshSchema(Base):
-    refresh_token = Text(required=True, validate=validate.Length(1, 200))
+    # Any string up to the size of a JWT: what is not one of ours is invalid_grant, as on /auth/token.
+    refresh_token = Text(required=True, validate=validate.Length(1, 4096))
 
 
 class LogoutQuery(Base):

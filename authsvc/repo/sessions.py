@@ -39,15 +39,20 @@ async def insert_refresh_token(conn: asyncpg.Connection, token_hash: bytes, sess
 async def lock_refresh(
     conn: asyncpg.Connection, token_hash: bytes, idle: timedelta, grace: timedelta
 ) -> RefreshState | None:
-    """Find a refresh token and lock its session row: refreshes of one session take turns."""
+    """Find a refresh token and lock it and its session: refreshes of one session take turns.
+
+    Both rows are locked, so a refresh that waited re-reads the token's used_at as the one
+    before it left it; and the grace is measured on the clock, not from the start of this
+    transaction, which may have begun before the other one used the token.
+    """
     row = await conn.fetchrow(
         """
         SELECT s.id AS session_id, s.user_id, t.used_at,
                (s.revoked_at IS NULL AND s.expires_at > now() AND s.last_used_at > now() - $2::interval) AS live,
-               (t.used_at IS NOT NULL AND t.used_at > now() - $3::interval) AS used_within_grace
+               (t.used_at IS NOT NULL AND t.used_at > clock_timestamp() - $3::interval) AS used_within_grace
           FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
          WHERE t.token_hash = $1
-           FOR UPDATE OF s
+           FOR UPDATE OF s, t
         """,
         token_hash,
         idle,
@@ -57,7 +62,7 @@ async def lock_refresh(
 
 
 async def mark_used(conn: asyncpg.Connection, token_hash: bytes) -> None:
-    await conn.execute("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1", token_hash)
+    await conn.execute("UPDATE refresh_tokens SET used_at = clock_timestamp() WHERE token_hash = $1", token_hash)
 
 
 async def touch(conn: asyncpg.Connection, session_id: uuid.UUID) -> None:
