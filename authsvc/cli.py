@@ -10,10 +10,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import asyncpg
-from aiohttp import web
 
-from . import config, embedded, migrate, secretfiles
-from .app import create_app
+from . import config, embedded, migrate, secretfiles, workers
 from .config import ConfigError, Settings
 from .keyring import KeyError_, KeyFile
 
@@ -26,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service (applies pending migrations first)")
     serve.add_argument("--host", help="address to listen on (AUTHSVC_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (AUTHSVC_PORT, default 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes on the port (AUTHSVC_WORKERS, default: cores)")
     sub.add_parser("migrate", help="apply pending database migrations and exit")
     secrets = sub.add_parser("secrets", help="manage secret files in AUTHSVC_DATA_DIR")
     secrets.add_argument(
@@ -58,16 +57,21 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         if not 1 <= args.port <= 65535:
             raise ConfigError("--port", "must be from 1 to 65535")
         settings = settings.replace(port=args.port)
+    count = settings.workers if args.workers is None else args.workers
+    if not 1 <= count <= 256:
+        raise ConfigError("--workers", "must be from 1 to 256")
     embedded_mode = settings.embedded
     settings = secretfiles.resolve(_with_database(settings), generate=embedded_mode)
-    app = create_app(settings)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=lambda _: print(f"authsvc: listening on http://{settings.host}:{settings.port}", file=sys.stderr),
-        access_log=logging.getLogger("authsvc.access"),
-    )
+    if count == 1:
+        workers.run(settings)
+        return
+    # Migrate once here rather than racing N workers for the lock.
+    if settings.migrate_on_start:
+        assert settings.database_url is not None
+        asyncio.run(_migrate(settings.database_url))
+    code = workers.run_many(settings.replace(migrate_on_start=False), count)
+    if code:
+        raise SystemExit(code)
 
 
 async def _migrate(url: str) -> list[migrate.Migration]:

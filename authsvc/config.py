@@ -35,6 +35,7 @@ class Settings:
     database_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     data_dir: Path = Path(".authsvc")
     cors_origins: tuple[str, ...] = ()
     migrate_on_start: bool = True
@@ -217,6 +218,7 @@ FIELDS: dict[str, Callable[[str], Any]] = {
     "database_url": _database_url,
     "host": _text,
     "port": _int(1, 65535),
+    "workers": _int(1, 256),
     "data_dir": lambda raw: Path(_text(raw)),
     "cors_origins": _origins,
     "migrate_on_start": _bool,

@@ -1,0 +1,86 @@
+"""Several worker processes on one port: `authsvc serve --workers N`.
+
+Each worker is a whole authsvc (its own event loop, pool and bcrypt threads) listening on the
+same address with SO_REUSEPORT, so the kernel spreads connections over them; anything they
+must share is in PostgreSQL. The parent applies the migrations once, starts the workers, and
+on SIGTERM or SIGINT passes the signal on and waits for each to finish its requests. If a
+worker dies, the others are stopped too and the exit code says so: restarting is the
+supervisor's job (systemd, the container runtime), which sees a clean failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+from types import FrameType
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def new_loop() -> object | None:
+    """A uvloop event loop where uvloop is installed (the `fast` extra), else None (asyncio's)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop()
+
+
+def run(settings: Settings, *, reuse_port: bool = False, announce: bool = True) -> None:
+    """Serve in this process until SIGTERM or SIGINT."""
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    where = f"http://{settings.host}:{settings.port}"
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port,
+        loop=new_loop(),
+        print=(lambda _: print(f"authsvc: listening on {where}", file=sys.stderr)) if announce else None,
+        access_log=logging.getLogger("authsvc.access"),
+    )
+
+
+def _worker(settings: Settings) -> None:
+    run(settings, reuse_port=True, announce=False)
+
+
+def run_many(settings: Settings, count: int) -> int:
+    """Run `count` workers on one port; return the exit code."""
+    context = multiprocessing.get_context("spawn")  # a clean interpreter each: no inherited loop or pool
+    procs = [context.Process(target=_worker, args=(settings,), name=f"authsvc-worker-{i}") for i in range(count)]
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for proc in procs:
+        proc.start()
+    print(f"authsvc: listening on http://{settings.host}:{settings.port} with {count} workers", file=sys.stderr)
+
+    sentinels = {proc.sentinel: proc for proc in procs}
+    code = 0
+    while sentinels:
+        for ready in multiprocessing.connection.wait(list(sentinels)):
+            proc = sentinels.pop(ready)
+            proc.join()
+            if proc.exitcode and not stopping:
+                log.error("%s exited with %s; stopping the others", proc.name, proc.exitcode)
+                code = 1
+                stop(signal.SIGTERM, None)
+    return code
