@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from authsvc import migrate
 from helpers import PASSWORD
 
 COMMAND = [sys.executable, "-m", "authsvc"]
@@ -157,6 +158,46 @@ def test_keys_commands_rotate_and_prune(tmp_path):
     assert "removed 0" in _run("keys", "prune", **env).stdout
     bad = _run("keys", "activate", "no-such-kid", **env)
     assert bad.returncode == 2 and bad.stderr.startswith("authsvc: no key no-such-kid")
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is pid (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+async def test_serve_with_two_workers_shares_one_port_and_stops_cleanly(databases, tmp_path):
+    url = databases.create(migrated=False)  # the parent migrates once, before the workers start
+    settings = {
+        "AUTHSVC_DATABASE_URL": url,
+        "AUTHSVC_TOKEN_ALGORITHM": "HS256",
+        "AUTHSVC_TOKEN_SECRET": secrets.token_urlsafe(48),
+        "AUTHSVC_PASSWORD_PEPPER": secrets.token_urlsafe(48),
+        "AUTHSVC_BCRYPT_ROUNDS": "4",
+        "AUTHSVC_WORKERS": "2",
+    }
+    async with serving(tmp_path, **settings) as served, aiohttp.ClientSession() as http:
+        workers = [pid for pid in _children(served.proc.pid) if "spawn" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(workers) == 2, workers
+        async with http.post(served.base + "/users", json={"email": "w@example.com", "password": PASSWORD}) as resp:
+            assert resp.status == 201
+        # New connections land on either worker; every one answers, with the same data.
+        for _ in range(10):
+            async with aiohttp.ClientSession() as fresh:
+                body = {"username": "w@example.com", "password": PASSWORD}
+                async with fresh.post(served.base + "/auth", json=body) as resp:
+                    assert resp.status == 200
+    assert served.proc.returncode == 0
+    assert "with 2 workers" in served.output
+    assert served.output.count("applied migration") == len(migrate.discover())
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived the parent"
 
 
 async def test_serve_on_an_external_database(databases, tmp_path):
