@@ -172,6 +172,32 @@ class TodoSchema(Schema):
     updated_at = fields.AwareDateTime()
 
 
+# The answers are built by hand below: marshmallow's dump took 200 us for a page of 20 todos,
+# a fifth of the whole request. The schemas above stay the documented shape, and a test
+# checks that these functions give exactly what they would.
+
+
+def user_json(user: Any) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "created_at": user.created_at.isoformat(),
+        "updated_at": user.updated_at.isoformat(),
+    }
+
+
+def todo_json(todo: Any) -> dict[str, Any]:
+    return {
+        "id": todo.id,
+        "text": todo.text,
+        "completed": todo.completed,
+        "created_at": todo.created_at.isoformat(),
+        "updated_at": todo.updated_at.isoformat(),
+    }
+
+
 class ErrorSchema(Schema):
     error = fields.String(required=True)
     message = fields.String(required=True)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from authsvc.repo.todos import Todo
+from authsvc.repo.users import User
+from authsvc.schemas import TodoSchema, UserSchema, todo_json, user_json
 from helpers import bearer, login, signup
 
 TODO_FIELDS = {"id", "text", "completed", "created_at", "updated_at"}
@@ -509,3 +512,12 @@ async def test_todos_routes_need_a_token(client, auth, database_url, method, pat
     await expect_error(resp, 401, "unauthorized")
     assert resp.headers["WWW-Authenticate"] == 'Bearer realm="authsvc"'
     assert await db_todos(database_url) == before
+
+
+def test_hand_built_answers_match_the_documented_schemas():
+    """views build JSON by hand for speed; it must stay exactly what the schemas describe."""
+    now = datetime.now(UTC)
+    todo = Todo(7, 3, "text ✓ 'quoted'", True, now, now + timedelta(seconds=1))
+    user = User(3, "a@example.com", "$2b$hash", None, "Ł", now, now)
+    assert todo_json(todo) == TodoSchema().dump(todo)
+    assert user_json(user) == UserSchema().dump(user)

@@ -7,7 +7,7 @@ from ..errors import NotFound
 from ..ids import parse_id
 from ..keys import CURRENT_USER, POOL
 from ..repo import todos
-from ..schemas import TodoCreateSchema, TodoListQuery, TodoPatchSchema, TodoPutSchema, TodoSchema
+from ..schemas import TodoCreateSchema, TodoListQuery, TodoPatchSchema, TodoPutSchema, todo_json
 
 routes = web.RouteTableDef()
 
@@ -15,7 +15,6 @@ create_schema = TodoCreateSchema()
 put_schema = TodoPutSchema()
 patch_schema = TodoPatchSchema()
 list_query = TodoListQuery()
-todo_out = TodoSchema()
 
 
 def _todo_id(request: web.Request) -> int:
@@ -29,7 +28,7 @@ def _todo_id(request: web.Request) -> int:
 def _found(todo: todos.Todo | None) -> web.Response:
     if todo is None:
         raise NotFound("No such todo.")
-    return web.json_response(todo_out.dump(todo))
+    return web.json_response(todo_json(todo))
 
 
 @routes.get("/todos")
@@ -39,7 +38,7 @@ async def list_todos(request: web.Request) -> web.Response:
         page = await todos.select_page(
             conn, request[CURRENT_USER].id, query["limit"], query["offset"], query.get("completed")
         )
-    return web.json_response(todo_out.dump(page, many=True))
+    return web.json_response([todo_json(t) for t in page])
 
 
 @routes.post("/todos")
@@ -47,7 +46,7 @@ async def create_todo(request: web.Request) -> web.Response:
     data = await read_json(request, create_schema)
     async with request.app[POOL].acquire() as conn:
         todo = await todos.insert(conn, request[CURRENT_USER].id, data["text"], data["completed"])
-    return web.json_response(todo_out.dump(todo), status=201, headers={"Location": f"/todos/{todo.id}"})
+    return web.json_response(todo_json(todo), status=201, headers={"Location": f"/todos/{todo.id}"})
 
 
 @routes.get("/todos/{id}")

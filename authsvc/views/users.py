@@ -8,7 +8,7 @@ from ..errors import InvalidToken
 from ..keys import CURRENT_SESSION, CURRENT_USER, POOL
 from ..middlewares import public
 from ..repo import users
-from ..schemas import PasswordChangeSchema, SignupSchema, UserPatchSchema, UserSchema
+from ..schemas import PasswordChangeSchema, SignupSchema, UserPatchSchema, user_json
 from .common import client_address
 
 routes = web.RouteTableDef()
@@ -16,7 +16,6 @@ routes = web.RouteTableDef()
 signup_schema = SignupSchema()
 patch_schema = UserPatchSchema()
 password_schema = PasswordChangeSchema()
-user_out = UserSchema()
 
 
 @routes.post("/users")
@@ -26,12 +25,12 @@ async def signup(request: web.Request) -> web.Response:
     user = await accounts.signup(
         request.app, data["email"], data["password"], data.get("first_name"), data.get("last_name")
     )
-    return web.json_response(user_out.dump(user), status=201, headers={"Location": "/users/me"})
+    return web.json_response(user_json(user), status=201, headers={"Location": "/users/me"})
 
 
 @routes.get("/users/me")
 async def me(request: web.Request) -> web.Response:
-    return web.json_response(user_out.dump(request[CURRENT_USER]))
+    return web.json_response(user_json(request[CURRENT_USER]))
 
 
 @routes.patch("/users/me")
@@ -43,7 +42,7 @@ async def update_me(request: web.Request) -> web.Response:
             user = await users.update_names(conn, user.id, changes)
         if user is None:  # deleted meanwhile
             raise InvalidToken()
-    return web.json_response(user_out.dump(user))
+    return web.json_response(user_json(user))
 
 
 @routes.post("/users/me/password")
