@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,8 +27,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from authsvc.app import create_app
 from authsvc.client import CLAIMS, TokenVerifier
 from authsvc.config import Settings
-from authsvc.keyring import KeyFile, SigningKey
+from authsvc.errors import InvalidToken
+from authsvc.keyring import KeyFile, KeyRing, SigningKey
 from authsvc.keys import TOKENS
+from authsvc.tokens import TokenService
 from helpers import PASSWORD, bearer, login, signup
 
 OWNER = "owner@example.com"
@@ -615,3 +618,14 @@ async def test_a_flood_of_made_up_kids_fetches_the_key_set_at_most_once_more(aio
     assert jwks_requests == verifier.keys.fetches
     # The cached key set still serves real tokens.
     await assert_accepted(authsvc, service, token)
+
+
+async def test_a_remembered_token_still_expires(keys_file):
+    """Verified tokens are remembered to skip the signature check, never past their expiry."""
+    service = TokenService(KeyRing.from_file(keys_file, timedelta(0)), "authsvc", "authsvc", ttl=1, leeway=0)
+    token = service.issue(1, uuid.uuid4())
+    assert service.verify(token).user_id == 1
+    assert service.verify(token).user_id == 1  # from memory
+    await asyncio.sleep(1.1)
+    with pytest.raises(InvalidToken):
+        service.verify(token)
