@@ -23,3 +23,12 @@ async def login(client: TestClient, email: str, password: str = PASSWORD) -> str
     resp = await client.post("/auth", json={"username": email, "password": password})
     assert resp.status == 200, await resp.text()
     return (await resp.json())["access_token"]
+
+
+async def assert_error(resp: Any, status: int, code: str) -> dict[str, Any]:
+    """A JSON error with this status and code, and a message."""
+    body = await resp.json()
+    assert resp.status == status, body
+    assert body["error"] == code, body
+    assert isinstance(body["message"], str) and body["message"]
+    return body

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from authsvc.keys import TOKENS
-from helpers import PASSWORD, bearer, signup
+from helpers import PASSWORD, assert_error, bearer, signup
 
 
 
@@ -38,14 +38,6 @@ def settings(base_settings: Any) -> Any:
 
 
 # --- helpers ---
-
-
-async def assert_error(resp: Any, status: int, code: str) -> dict[str, Any]:
-    body = await resp.json()
-    assert resp.status == status, body
-    assert body["error"] == code, body
-    assert isinstance(body["message"], str) and body["message"]
-    return body
 
 
 def assert_not_cached(resp: Any) -> None:
@@ -596,7 +588,7 @@ async def test_refresh_with_a_body_that_is_not_a_json_object_is_a_json_error(cli
     ids=["unknown", "non_ascii", "no_prefix", "too_short"],
 )
 async def test_refresh_with_a_well_typed_unknown_token_is_invalid_grant(client, user, db, token):
-    pair = await start_session(client)
+    await start_session(client)  # a live session exists: the unknown token still matches nothing
     await assert_grant_refused(client, token)
     resp = await client.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": token})
     await assert_error(resp, 400, "invalid_grant")
