@@ -124,14 +124,6 @@ async def snapshot(db: asyncpg.Connection) -> dict[str, list[str]]:
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A direct connection to the test database, to look behind the API."""
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 async def todo_id(client: TestClient, auth: dict[str, str]) -> int:
     resp = await client.post("/todos", json={"text": "original", "completed": False}, headers=auth)
     assert resp.status == 201, await resp.text()
