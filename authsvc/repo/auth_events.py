@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
-
-
-@dataclass(frozen=True)
-class AuthEvent:
-    id: int
-    at: datetime
-    identifier: str
-    address: str
-    outcome: str
-    reason: str | None
-    attempts: int
 
 
 async def insert(
@@ -38,14 +26,6 @@ async def insert_many(
     await conn.copy_records_to_table(
         "auth_events", records=rows, columns=["at", "identifier", "address", "outcome", "reason", "attempts"]
     )
-
-
-async def select_recent(conn: asyncpg.Connection, limit: int) -> list[AuthEvent]:
-    rows = await conn.fetch(
-        "SELECT id, at, identifier, address, outcome, reason, attempts FROM auth_events ORDER BY id DESC LIMIT $1",
-        limit,
-    )
-    return [AuthEvent(**r) for r in rows]
 
 
 async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:

@@ -42,10 +42,6 @@ async def insert(
     return _user(row)
 
 
-async def select_by_id(conn: asyncpg.Connection, user_id: int) -> User | None:
-    return _user(await conn.fetchrow(f"SELECT {COLUMNS} FROM users WHERE id = $1", user_id))
-
-
 async def select_by_email(conn: asyncpg.Connection, email: str) -> User | None:
     return _user(await conn.fetchrow(f"SELECT {COLUMNS} FROM users WHERE lower(email) = lower($1)", email))
 
