@@ -19,6 +19,13 @@ from .throttle import throttle_ctx
 from .tokens import TokenService
 from .views import auth, health, todos, users, wellknown
 
+# Header limits, checked by aiohttp's parser before any of our code runs (400 past them).
+# A request line or one header of 8 KiB is far more than any route or bearer token needs
+# (nginx's default buffers are 8 KiB too); 64 headers is three times what browsers send.
+MAX_LINE_SIZE = 8190
+MAX_FIELD_SIZE = 8190
+MAX_HEADERS = 64
+
 
 async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
@@ -64,7 +71,16 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
         # Idle and half-sent connections (slowloris) are closed after this, not after an hour;
         # after an error answer, the rest of an unread body is waited for one second at most.
-        handler_args={"keepalive_timeout": settings.idle_timeout, "lingering_time": 1.0},
+        handler_args={
+            "keepalive_timeout": settings.idle_timeout,
+            "lingering_time": 1.0,
+            "max_line_size": MAX_LINE_SIZE,
+            "max_field_size": MAX_FIELD_SIZE,
+            "max_headers": MAX_HEADERS,
+            # A handler runs to its end even if the client goes away: a login must record its
+            # outcome (else a disconnect would be a free guess), the rest is milliseconds of SQL.
+            "handler_cancellation": False,
+        },
     )
     app[SETTINGS] = settings
     app[TOKENS] = TokenService(

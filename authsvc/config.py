@@ -76,6 +76,9 @@ class Settings:
     max_body_bytes: int = 16 * 1024
     log_level: str = "INFO"
 
+    # Stopping: in-flight requests get this long after SIGTERM before they are cancelled.
+    shutdown_timeout: int = 10
+
     @property
     def embedded(self) -> bool:
         return self.database_url is None
@@ -254,6 +257,7 @@ FIELDS: dict[str, Callable[[str], Any]] = {
     "idle_timeout": _int(1, 3600),
     "max_body_bytes": _int(1024, 1024 * 1024),
     "log_level": _log_level,
+    "shutdown_timeout": _int(1, 600),
 }
 
 

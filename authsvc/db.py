@@ -55,4 +55,5 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         raise
     app[POOL] = pool
     yield
-    await pool.close()
+    await pool.close()  # waits for connections still in use to come back
+    log.info("database pool closed")

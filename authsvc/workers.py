@@ -36,7 +36,13 @@ def new_loop() -> object | None:
 
 
 def run(settings: Settings, *, reuse_port: bool = False, announce: bool = True) -> None:
-    """Serve in this process until SIGTERM or SIGINT."""
+    """Serve in this process until SIGTERM or SIGINT, then stop gracefully.
+
+    On the signal aiohttp closes the listening socket (new connections are refused), closes
+    idle keep-alive connections, lets each request in flight finish and send its whole
+    answer for up to `shutdown_timeout` seconds, cancels what is still running after that,
+    and then runs the cleanup contexts (refusal events flushed, pool closed).
+    """
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     where = f"http://{settings.host}:{settings.port}"
     web.run_app(
@@ -47,7 +53,9 @@ def run(settings: Settings, *, reuse_port: bool = False, announce: bool = True) 
         loop=new_loop(),
         print=(lambda _: print(f"authsvc: listening on {where}", file=sys.stderr)) if announce else None,
         access_log=logging.getLogger("authsvc.access"),
+        shutdown_timeout=settings.shutdown_timeout,
     )
+    log.info("stopped")
 
 
 def _worker(settings: Settings) -> None:

@@ -5,7 +5,11 @@ There is no Docker engine here, so this keeps the files honest instead of runnin
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import shlex
+import shutil
+import subprocess
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from authsvc import app as app_module
 from authsvc import cli, config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +44,13 @@ def _authsvc_commands(service: dict[str, Any]) -> list[list[str]]:
 
 def test_services_and_their_order(compose):
     services = compose["services"]
-    assert set(services) == {"db", "migrate", "app"}
+    assert set(services) == {"db", "migrate", "app", "proxy"}
     assert services["db"]["healthcheck"]["test"]
     assert services["migrate"]["depends_on"]["db"]["condition"] == "service_healthy"
+    # Every replica waits for the one migrate job; none migrates itself.
     assert services["app"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["app"]["deploy"]["replicas"] >= 2
+    assert services["proxy"]["depends_on"]["app"]["condition"] == "service_healthy"
     assert services["migrate"]["restart"] == "no"
 
 
@@ -78,13 +86,136 @@ def test_migrate_creates_secrets_before_migrating(compose):
     assert commands == [["secrets", "init"], ["migrate"]]
 
 
-def test_app_serves_on_the_published_port_and_does_not_migrate(compose):
+def test_app_listens_where_the_proxy_sends_and_does_not_migrate(compose):
     app = compose["services"]["app"]
     args = cli._parser().parse_args(app["command"][1:])
     assert args.host == "0.0.0.0"
-    published = [p.rsplit(":", 1)[-1] for p in app["ports"]]
-    assert str(args.port) in published
+    assert str(args.port) in [str(p) for p in app["expose"]]
     assert config.from_env(_env(app)).migrate_on_start is False
+    upstream = urllib.parse.urlsplit(_one(_directives(), "set", "location /")[1])
+    assert (upstream.hostname, upstream.port) == ("app", args.port)
+
+
+def test_only_the_proxy_publishes_a_port(compose):
+    published = {name for name, service in compose["services"].items() if service.get("ports")}
+    assert published == {"proxy"}
+    (port,) = compose["services"]["proxy"]["ports"]
+    assert port.startswith("127.0.0.1:"), "a local stack: loopback only"
+    assert port.rsplit(":", 1)[-1] == _one(_directives(), "listen", "server")[0]
+
+
+def _subnet(compose: dict[str, Any]) -> ipaddress.IPv4Network:
+    (pool,) = compose["networks"]["default"]["ipam"]["config"]
+    return ipaddress.ip_network(pool["subnet"])
+
+
+def test_the_proxy_and_only_the_proxy_is_trusted(compose):
+    subnet = _subnet(compose)
+    proxy_ip = ipaddress.ip_address(compose["services"]["proxy"]["networks"]["default"]["ipv4_address"])
+    assert proxy_ip in subnet
+    trusted = config.from_env(_env(compose["services"]["app"])).trusted_proxies
+    assert trusted and all(net.subnet_of(subnet) for net in trusted)  # type: ignore[arg-type]
+    assert any(proxy_ip in net for net in trusted)
+    # Not the gateway (the subnet's first address), where published-port traffic comes from:
+    # trusting it would let a client put any address in X-Forwarded-For and be believed.
+    assert not any(next(subnet.hosts()) in net for net in trusted)
+
+
+def test_stop_grace_outlasts_the_shutdown_deadline(compose):
+    app = compose["services"]["app"]
+    grace = app["stop_grace_period"]
+    assert grace.endswith("s")
+    # aiohttp waits the deadline for requests in flight, then up to as long again once cancelled.
+    assert int(grace[:-1]) > 2 * config.from_env(_env(app)).shutdown_timeout
+
+
+# --- deploy/nginx.conf ---
+
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+
+
+def _directives() -> list[tuple[str, str, list[str]]]:
+    """(enclosing block, directive, arguments) for every directive of the nginx config."""
+    text = re.sub(r"#[^\n]*", "", NGINX_CONF.read_text())
+    found: list[tuple[str, str, list[str]]] = []
+    blocks: list[str] = []
+    for token in re.findall(r"[^;{}]+[;{]|}", text):
+        if token == "}":
+            blocks.pop()
+            continue
+        words = token[:-1].split()
+        if token.endswith("{"):
+            blocks.append(" ".join(words))
+        else:
+            found.append((blocks[-1] if blocks else "main", words[0], words[1:]))
+    return found
+
+
+def _all(directives: list[tuple[str, str, list[str]]], name: str, block: str | None = None) -> list[list[str]]:
+    return [args for where, what, args in directives if what == name and (block is None or where == block)]
+
+
+def _one(directives: list[tuple[str, str, list[str]]], name: str, block: str | None = None) -> list[str]:
+    (args,) = _all(directives, name, block)
+    return args
+
+
+def _size(text: str) -> int:
+    units = {"k": 1024, "m": 1024 * 1024}
+    return int(text[:-1]) * units[text[-1].lower()] if text[-1].lower() in units else int(text)
+
+
+def _seconds(text: str) -> int:
+    return int(text[:-1]) * {"s": 1, "m": 60}[text[-1]]
+
+
+def test_nginx_config_is_the_one_the_proxy_mounts(compose):
+    mounts = compose["services"]["proxy"]["volumes"]
+    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in mounts
+    assert NGINX_CONF.exists()
+
+
+def test_proxy_passes_client_address_scheme_and_request_id():
+    d = _directives()
+    headers = {args[0].lower(): " ".join(args[1:]) for args in _all(d, "proxy_set_header", "location /")}
+    assert headers["x-forwarded-for"] == "$proxy_add_x_forwarded_for"
+    assert headers["x-forwarded-proto"] == "$scheme"
+    # The caller's X-Request-ID when present, else nginx's $request_id.
+    variable = headers["x-request-id"]
+    block = f"map $http_x_request_id {variable}"
+    assert _all(d, '""', block) == [["$request_id"]]
+    assert _all(d, "default", block) == [["$http_x_request_id"]]
+
+
+def test_proxy_never_serves_metrics_to_the_outside():
+    d = _directives()
+    for block in ("location = /metrics", "location ^~ /metrics/"):
+        assert _all(d, "deny", block) == [["all"]], block
+
+
+def test_proxy_limits_agree_with_the_app(compose):
+    d = _directives()
+    settings = config.from_env(_env(compose["services"]["app"]))
+    assert _size(_one(d, "client_max_body_size")[0]) == settings.max_body_bytes
+    _, size = _one(d, "large_client_header_buffers")
+    assert _size(size) >= app_module.MAX_FIELD_SIZE, "nginx must not refuse what authsvc accepts"
+    assert _seconds(_one(d, "client_body_timeout")[0]) <= settings.idle_timeout
+    # A login may wait out the longest backoff before it answers: the proxy must wait longer.
+    assert _seconds(_one(d, "proxy_read_timeout")[0]) > settings.login_backoff_max_ms / 1000
+    assert "non_idempotent" not in _one(d, "proxy_next_upstream"), "a login must never be sent twice"
+
+
+def test_nginx_accepts_the_config(tmp_path):
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light to check the config with nginx -t)")
+    result = subprocess.run(
+        [nginx, "-t", "-q", "-p", str(tmp_path), "-e", "stderr", "-c", str(NGINX_CONF)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_dockerfile_builds_what_compose_runs():

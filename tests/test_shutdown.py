@@ -1,0 +1,150 @@
+"""SIGTERM stops authsvc gracefully: real processes, a request in flight, real sockets.
+
+A failed login whose answer waits out a 2 s backoff is the slow request: the failure is in
+the database before the wait starts, so the test knows the handler is running when it sends
+the signal, and the answer it must still get is the ordinary 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+import pytest
+
+from authsvc.config import Settings
+from test_cli import serving
+
+BACKOFF_MS = 2000
+SHUTDOWN_TIMEOUT = 10
+
+
+def _settings(base: Settings, **changes: str) -> dict[str, str]:
+    assert base.password_pepper is not None
+    return {
+        "AUTHSVC_DATABASE_URL": str(base.database_url),
+        "AUTHSVC_PASSWORD_PEPPER": base.password_pepper,
+        "AUTHSVC_SIGNING_KEYS_FILE": str(base.signing_keys_file),
+        "AUTHSVC_BCRYPT_ROUNDS": "4",
+        "AUTHSVC_MIGRATE_ON_START": "false",
+        "AUTHSVC_LOGIN_BACKOFF_BASE_MS": str(BACKOFF_MS),
+        "AUTHSVC_LOGIN_BACKOFF_MAX_MS": str(BACKOFF_MS),
+        "AUTHSVC_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
+        **changes,
+    }
+
+
+async def _slow_login(base: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http:
+        body = {"username": "nobody@example.com", "password": "a wrong password"}
+        async with http.post(base + "/auth", json=body) as resp:
+            return resp.status, await resp.json()
+
+
+async def _until(db: asyncpg.Connection, query: str, what: str) -> None:
+    for _ in range(200):
+        if await db.fetchval(query):
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+async def _refused(base: str) -> bool:
+    parts = urlsplit(base)
+    try:
+        _, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:  # queued on a listening socket as it closed: try again
+        return False
+    writer.close()
+    return False
+
+
+def _listeners(base: str) -> int:
+    """Sockets listening on the port (one per worker: they share it with SO_REUSEPORT)."""
+    port = f":{urlsplit(base).port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1].endswith(port) and row.split()[3] == "0A")  # 0A: LISTEN
+
+
+async def _all_workers_listening(base: str, workers: int) -> None:
+    # /readyz answered by one worker says nothing of the others; a worker still starting
+    # has no requests to finish and no signal handler yet.
+    for _ in range(300):
+        if _listeners(base) == workers:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{workers} workers did not all listen in 15 s")
+
+
+async def _exit_code(proc: Any, within: float) -> int:
+    deadline = time.monotonic() + within
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            pytest.fail(f"authsvc still running {within} s after SIGTERM")
+        await asyncio.sleep(0.05)
+    return proc.returncode
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(base_settings, db, tmp_path, workers):
+    settings = _settings(base_settings, AUTHSVC_WORKERS=str(workers))
+    async with serving(tmp_path, **settings) as served:
+        await _all_workers_listening(served.base, workers)
+        in_flight = asyncio.create_task(_slow_login(served.base))
+        await _until(db, "SELECT count(*) FROM auth_events WHERE outcome = 'failure'", "the failed login")
+        signalled = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)  # with 2 workers, to the parent, which passes it on
+
+        # The listening socket goes at once, while the login is still waiting out its backoff.
+        for _ in range(100):
+            if await _refused(served.base):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("new connections were still accepted 1 s after SIGTERM")
+        assert not in_flight.done()
+
+        status, body = await in_flight  # the whole ordinary answer, not a cut connection
+        assert status == 401 and body["error"] == "invalid_credentials"
+        assert time.monotonic() - signalled >= BACKOFF_MS / 1000 * 0.9
+        assert await _exit_code(served.proc, SHUTDOWN_TIMEOUT) == 0
+    out = served.output
+    assert out.count("database pool closed") == workers, out  # every cleanup context ran
+    assert "Traceback" not in out
+
+
+async def test_a_request_past_the_deadline_is_cancelled_and_its_failure_still_counts(base_settings, db, tmp_path):
+    # A 60 s backoff cannot be waited out within a 1 s deadline: the process must still stop
+    # on time, and the failure it recorded must still close the pair (no free guess).
+    settings = _settings(
+        base_settings,
+        AUTHSVC_LOGIN_BACKOFF_BASE_MS="60000",
+        AUTHSVC_LOGIN_BACKOFF_MAX_MS="60000",
+        AUTHSVC_SHUTDOWN_TIMEOUT="1",
+        AUTHSVC_WORKERS="1",
+    )
+    async with serving(tmp_path, **settings) as served:
+        in_flight = asyncio.create_task(_slow_login(served.base))
+        await _until(db, "SELECT count(*) FROM auth_events WHERE outcome = 'failure'", "the failed login")
+        signalled = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        # aiohttp waits the deadline for the handler, then as long again for it to stop once
+        # cancelled: twice the setting at most, plus the cleanup.
+        assert await _exit_code(served.proc, 5) == 0
+        assert time.monotonic() - signalled < 2 * 1 + 1.5
+        with pytest.raises(aiohttp.ServerDisconnectedError):  # closed, never a half-written answer
+            await in_flight
+    assert "database pool closed" in served.output and "Traceback" not in served.output
+    closed = await db.fetchval(
+        "SELECT next_attempt_at > now() + interval '30 seconds' FROM login_backoff WHERE identifier = $1",
+        "nobody@example.com",
+    )
+    assert closed is True
