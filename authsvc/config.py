@@ -76,6 +76,9 @@ class Settings:
     max_body_bytes: int = 16 * 1024
     log_level: str = "INFO"
 
+    # Operator tools: how soon `authsvc throttle reset` reaches running processes.
+    throttle_memory_ms: int = 5000
+
     @property
     def embedded(self) -> bool:
         return self.database_url is None
@@ -254,6 +257,7 @@ FIELDS: dict[str, Callable[[str], Any]] = {
     "idle_timeout": _int(1, 3600),
     "max_body_bytes": _int(1024, 1024 * 1024),
     "log_level": _log_level,
+    "throttle_memory_ms": _int(0, 60_000),
 }
 
 
