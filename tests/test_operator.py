@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from authsvc import cli, sessions
+from authsvc import cli, config, sessions
 from authsvc.config import Settings
 from authsvc.keys import HASHER, POOL as POOL_KEY
 from authsvc.repo import users
@@ -83,10 +83,8 @@ async def answer(client: TestClient, password: str, forwarded_for: str | None = 
 
 
 async def test_a_user_created_on_the_command_line_logs_in_over_http(client, settings, tmp_path):
-    code, out, err = await run(
-        _env(settings, tmp_path), "users", "create", EMAIL, "--first-name", "Ada", "--password-stdin",
-        stdin=PASSWORD + "\n",
-    )
+    args = ["users", "create", EMAIL, "--first-name", "Ada", "--password-stdin"]
+    code, out, err = await run(_env(settings, tmp_path), *args, stdin=PASSWORD + "\n")
     assert code == 0, err
     assert out.startswith(f"authsvc: created user 1 {EMAIL}") and PASSWORD not in out + err
     token = await login(client, EMAIL)  # hashed with the service's pepper at its cost
@@ -191,3 +189,145 @@ async def test_unknown_users_and_unmigrated_databases_are_one_line_and_exit_1(au
     monkeypatch.setenv("AUTHSVC_DATABASE_URL", databases.create(migrated=False))
     code, _, err = await authsvc("users", "disable", EMAIL)
     assert code == 1 and err.startswith("authsvc: ") and "run `authsvc migrate` first" in err
+
+
+# --- throttle reset ---
+
+
+async def test_reset_unlocks_an_account_whose_budget_attackers_used_up(make_client, authsvc, db):
+    # A burst of 2 failures for the account from all addresses together.
+    client = await make_client(account_max_failures_per_hour=10, trusted_proxies=BEHIND_LOCAL_PROXY)
+    await signup(client, EMAIL)
+    for attacker in ("198.51.100.1", "198.51.100.2"):
+        assert (await answer(client, WRONG, attacker))[0] == 401
+    status, body = await answer(client, PASSWORD, "192.0.2.10")  # the owner, from a new address
+    assert (status, body["error"]) == (429, "too_many_attempts")
+    assert await db.fetchval("SELECT count(*) FROM login_backoff WHERE identifier = $1", EMAIL) == 2
+
+    code, out, err = await authsvc("throttle", "reset", EMAIL.upper())  # as the login keys it: any case
+    assert code == 0, err
+    assert out.startswith(f"authsvc: throttling reset for {EMAIL.upper()}: 2 backoff pair(s), 1 budget(s) cleared")
+    assert await db.fetchval("SELECT count(*) FROM login_backoff WHERE identifier = $1", EMAIL) == 0
+    assert (await answer(client, PASSWORD, "192.0.2.10"))[0] == 200
+    # The attackers' addresses start from scratch too, with a fresh budget.
+    assert (await answer(client, WRONG, "198.51.100.1"))[0] == 401
+
+
+async def test_reset_reaches_a_process_that_kept_the_refusal_in_memory(make_client, authsvc, db):
+    memory_ms = 1000
+    client = await make_client(
+        login_backoff_base_ms=60_000, login_backoff_max_ms=60_000, max_sleeping=0, throttle_memory_ms=memory_ms
+    )
+    await signup(client, EMAIL)
+    assert (await answer(client, WRONG))[0] == 401  # closes the pair for a minute
+    loop = asyncio.get_running_loop()
+    remembered_at = loop.time()
+    resp = await client.post("/auth", json={"username": EMAIL, "password": PASSWORD})
+    await assert_error(resp, 429, "too_many_attempts")  # asked the database, and remembered
+    assert 55 <= int(resp.headers["Retry-After"]) <= 60
+
+    assert (await authsvc("throttle", "reset", EMAIL))[0] == 0
+    assert await db.fetchval("SELECT count(*) FROM login_backoff") == 0
+    resp = await client.post("/auth", json={"username": EMAIL, "password": PASSWORD})
+    if loop.time() - remembered_at < memory_ms / 1000 * 0.8:
+        # The database has nothing against the pair: only memory can refuse, with the real wait.
+        await assert_error(resp, 429, "too_many_attempts")
+        assert 55 <= int(resp.headers["Retry-After"]) <= 60
+    while resp.status == 429:
+        assert loop.time() - remembered_at < memory_ms / 1000 + 2, "the refusal outlived the memory limit"
+        await asyncio.sleep(0.05)
+        resp = await client.post("/auth", json={"username": EMAIL, "password": PASSWORD})
+    assert resp.status == 200
+
+
+async def test_reset_of_an_address_lifts_its_block(make_client, authsvc):
+    client = await make_client(
+        address_max_failures_per_minute=5,  # a burst of 1
+        address_block_seconds=900,
+        trusted_proxies=BEHIND_LOCAL_PROXY,
+        throttle_memory_ms=0,  # nothing kept in memory: the database answers every time
+    )
+    await signup(client, EMAIL)
+    stuffer = "203.0.113.7"
+    body = {"username": "someone@example.com", "password": WRONG}
+    assert (await client.post("/auth", json=body, headers={"X-Forwarded-For": stuffer})).status == 401
+    assert (await answer(client, PASSWORD, stuffer))[0] == 429  # blocked, for every account
+    assert (await answer(client, PASSWORD, "203.0.113.8"))[0] == 200  # not the account's fault
+
+    code, out, err = await authsvc("throttle", "reset", "--address", f"::ffff:{stuffer}")  # as a v6 socket saw it
+    assert code == 0, err
+    assert f"for address {stuffer}: 1 backoff pair(s), 1 budget(s) cleared" in out
+    assert (await answer(client, PASSWORD, stuffer))[0] == 200
+
+    assert await authsvc("throttle", "reset", "--address", "nowhere") == (
+        2, "", "authsvc: --address: 'nowhere' is not an IP address\n"
+    )
+    code, _, err = await authsvc("throttle", "reset")
+    assert code == 2 and err.startswith("authsvc: EMAIL: name the account")
+
+
+# --- settings ---
+
+
+def _secret() -> str:
+    return secrets.token_urlsafe(48)
+
+
+async def test_settings_show_every_setting_and_no_secret(settings, tmp_path):
+    db_password, query_password = _secret(), _secret()
+    secret_values = [db_password, query_password, _secret(), _secret(), _secret(), _secret()]
+    env = _env(
+        settings,
+        tmp_path,
+        AUTHSVC_DATABASE_URL=f"postgresql://authsvc:{db_password}@db.internal:5432/auth?password={query_password}",
+        AUTHSVC_TOKEN_SECRET=secret_values[2],
+        AUTHSVC_PASSWORD_PEPPER=secret_values[3],
+        AUTHSVC_INTROSPECTION_CLIENTS=f"orders:{secret_values[4]},billing:{secret_values[5]}",
+        AUTHSVC_PORT="9000",
+    )
+    code, out, err = await run(env, "settings")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == [config.env_name(name) for name in config.FIELDS]
+    shown = dict(line.split(None, 1) for line in lines)
+    assert shown["AUTHSVC_DATABASE_URL"] == "postgresql://authsvc:***@db.internal:5432/auth?password=***"
+    assert shown["AUTHSVC_TOKEN_SECRET"] == shown["AUTHSVC_PASSWORD_PEPPER"] == "***"
+    assert shown["AUTHSVC_INTROSPECTION_CLIENTS"] == "orders:***,billing:***"
+    assert shown["AUTHSVC_PORT"] == "9000" and shown["AUTHSVC_HOST"] == "127.0.0.1  [default]"
+    _assert_no_secret(out + err, secret_values)
+
+    # Secrets from the data dir are named by their file, and masked like the others.
+    (tmp_path / "secrets").mkdir()
+    pepper = _secret()
+    (tmp_path / "secrets" / "password_pepper").write_text(pepper + "\n")
+    del env["AUTHSVC_PASSWORD_PEPPER"]
+    env["AUTHSVC_DATABASE_URL"] = f"postgresql://authsvc:{db_password}/x@db/auth"  # unescaped '/': all hidden
+    code, out, err = await run(env, "settings")
+    assert code == 0, err
+    shown = dict(line.split(None, 1) for line in out.splitlines())
+    assert shown["AUTHSVC_PASSWORD_PEPPER"] == f"***  [from {tmp_path / 'secrets' / 'password_pepper'}]"
+    assert shown["AUTHSVC_DATABASE_URL"] == "postgresql://***"
+    _assert_no_secret(out + err, [*secret_values, pepper])
+
+
+def _assert_no_secret(output: str, values: list[str]) -> None:
+    """Not a secret, nor any 8 characters of one in a row."""
+    for value in values:
+        for i in range(len(value) - 7):
+            assert value[i : i + 8] not in output, "part of a secret was printed"
+
+
+async def test_settings_refuse_a_bad_environment_like_serve(settings, tmp_path):
+    code, out, err = await run(_env(settings, tmp_path, AUTHSVC_THROTTLE_MEMORY_MS="forever"), "settings")
+    assert (code, out) == (2, "") and err.startswith("authsvc: AUTHSVC_THROTTLE_MEMORY_MS: must be a whole number")
+
+
+def test_the_readme_examples_parse():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("## Operator commands", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in example.splitlines() if "authsvc " in line and not line.startswith("#")]
+    commands = [line.split("authsvc ", 1)[1] for line in lines]
+    assert len(commands) == 6
+    parser = cli._parser()
+    for command in commands:
+        parser.parse_args(command.split())
