@@ -126,9 +126,9 @@ def _run(argv: Sequence[str] | None) -> None:
     elif args.command == "users":
         if args.action == "create":  # hash with the service's own pepper (generated as `serve` would)
             settings = secretfiles.resolve_pepper(settings)
-        operator.users_command(_with_database(settings), args.action, args.email, args)
+        operator.users_command(settings, args, _with_database)
     elif args.command == "throttle":
-        operator.throttle_command(_with_database(settings), args.email, args.address)
+        operator.throttle_command(settings, args, _with_database)
 
 
 def _keys(settings: Settings, action: str, kid: str | None) -> None:

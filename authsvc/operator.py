@@ -13,7 +13,7 @@ import getpass
 import ipaddress
 import sys
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
@@ -121,14 +121,17 @@ async def set_disabled(settings: Settings, email: str, disabled: bool) -> tuple[
     return user, changed, ended
 
 
-def users_command(settings: Settings, action: str, email: str, args: Any) -> None:
+def users_command(settings: Settings, args: Any, with_database: Callable[[Settings], Settings]) -> None:
+    """`users create | disable | enable EMAIL`; the database is started (embedded) only after
+    the arguments passed their checks."""
+    action, email = args.action, args.email
     if action == "create":
         check_signup(email, None, args.first_name, args.last_name)  # before asking for the password
         data = check_signup(email, read_password(args.password_stdin), args.first_name, args.last_name)
-        user = asyncio.run(create_user(settings, data))
+        user = asyncio.run(create_user(with_database(settings), data))
         print(f"authsvc: created user {user.id} {user.email}")
         return
-    user, changed, ended = asyncio.run(set_disabled(settings, email, action == "disable"))
+    user, changed, ended = asyncio.run(set_disabled(with_database(settings), email, action == "disable"))
     if action == "disable":
         state = "disabled" if changed else f"already disabled since {user.disabled_at:%Y-%m-%d %H:%M:%S %Z}"
         print(f"authsvc: user {user.id} {user.email} {state}; {ended} session(s) ended")
@@ -164,11 +167,13 @@ async def reset_throttle(settings: Settings, identifier: str | None, address: st
     return pairs, budgets
 
 
-def throttle_command(settings: Settings, identifier: str | None, raw_address: str | None) -> None:
+def throttle_command(settings: Settings, args: Any, with_database: Callable[[Settings], Settings]) -> None:
+    """`throttle reset [EMAIL] [--address IP]`."""
+    identifier, raw_address = args.email, args.address
     if identifier is None and raw_address is None:
         raise ConfigError("EMAIL", "name the account to reset, or give --address IP")
     address = _address(raw_address) if raw_address is not None else None
-    pairs, budgets = asyncio.run(reset_throttle(settings, identifier, address))
+    pairs, budgets = asyncio.run(reset_throttle(with_database(settings), identifier, address))
     what = " and ".join(x for x in (identifier, address and f"address {address}") if x)
     print(
         f"authsvc: throttling reset for {what}: {pairs} backoff pair(s), {budgets} budget(s) cleared; "
