@@ -1,17 +1,19 @@
-"""The `authsvc` command: serve, migrate, secrets."""
+"""The `authsvc` command: serve, migrate, secrets, keys; operator commands in operator.py."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 
-from . import config, embedded, migrate, secretfiles, workers
+from . import config, embedded, migrate, operator, secretfiles, workers
 from .config import ConfigError, Settings
 from .keyring import KeyError_, KeyFile
 
@@ -39,7 +41,28 @@ def _parser() -> argparse.ArgumentParser:
         "prune: drop retired keys whose tokens have all expired",
     )
     keys.add_argument("kid", nargs="?", help="the key to activate")
+    _operator_parsers(sub)
     return parser
+
+
+def _operator_parsers(sub: Any) -> None:
+    users = sub.add_parser("users", help="create, disable or enable a user").add_subparsers(
+        dest="action", required=True
+    )
+    create = users.add_parser("create", help="create a user, as POST /users does")
+    create.add_argument("email", metavar="EMAIL")
+    create.add_argument("--first-name")
+    create.add_argument("--last-name")
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin (else it is asked for twice)"
+    )
+    for action, what in (("disable", "no login, every session ends"), ("enable", "logging in works again")):
+        users.add_parser(action, help=f"{action} a user: {what}").add_argument("email", metavar="EMAIL")
+    throttle = sub.add_parser("throttle", help="reset login throttling").add_subparsers(dest="action", required=True)
+    reset = throttle.add_parser("reset", help="forget the failed logins of an account (every address) or an address")
+    reset.add_argument("email", metavar="EMAIL", nargs="?")
+    reset.add_argument("--address", metavar="IP", help="also clear this address's budget and block")
+    sub.add_parser("settings", help="print the effective settings, secrets masked")
 
 
 def _with_database(settings: Settings) -> Settings:
@@ -98,6 +121,14 @@ def _run(argv: Sequence[str] | None) -> None:
         print(f"authsvc: secrets ready in {settings.data_dir / 'secrets'}")
     elif args.command == "keys":
         _keys(settings, args.action, args.kid)
+    elif args.command == "settings":
+        print("\n".join(operator.settings_lines(settings, os.environ)))
+    elif args.command == "users":
+        if args.action == "create":  # hash with the service's own pepper (generated as `serve` would)
+            settings = secretfiles.resolve_pepper(settings)
+        operator.users_command(settings, args, _with_database)
+    elif args.command == "throttle":
+        operator.throttle_command(settings, args, _with_database)
 
 
 def _keys(settings: Settings, action: str, kid: str | None) -> None:
@@ -134,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError_ as exc:
         print(f"authsvc: {exc}", file=sys.stderr)
         return 2
-    except migrate.MigrationError as exc:
+    except (migrate.MigrationError, operator.CommandFailed) as exc:
         print(f"authsvc: {exc}", file=sys.stderr)
         return 1
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -78,6 +78,8 @@ class Settings:
 
     # Stopping: in-flight requests get this long after SIGTERM before they are cancelled.
     shutdown_timeout: int = 10
+    # Operator tools: how soon `authsvc throttle reset` reaches running processes.
+    throttle_memory_ms: int = 5000
 
     @property
     def embedded(self) -> bool:
@@ -258,6 +260,7 @@ FIELDS: dict[str, Callable[[str], Any]] = {
     "max_body_bytes": _int(1024, 1024 * 1024),
     "log_level": _log_level,
     "shutdown_timeout": _int(1, 600),
+    "throttle_memory_ms": _int(0, 60_000),
 }
 
 

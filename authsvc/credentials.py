@@ -35,7 +35,9 @@ async def authenticate(app: web.Application, identifier: str, password: str, add
         with contextlib.suppress(Exception):
             await asyncio.shield(attempt.abandon("busy" if isinstance(exc, Busy) else "error"))
         raise
-    if ok and user is not None:
+    # A disabled account answers as a wrong password does, after the same bcrypt check, and
+    # counts as a failure: a refusal that spared the backoff would confirm the password.
+    if ok and user is not None and user.disabled_at is None:
         await attempt.succeeded()
         if hasher.needs_rehash(user.password_hash):
             await _upgrade_hash(app, user, password)

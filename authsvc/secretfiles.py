@@ -69,8 +69,18 @@ def resolve(settings: Settings, *, generate: bool | None = None) -> Settings:
         ensure_keys(settings, generate=generate)
     except KeyError_ as exc:
         raise ConfigError(env_name("signing_keys_file"), str(exc)) from None
+    return _fill(settings, _needed(settings), generate)
+
+
+def resolve_pepper(settings: Settings, *, generate: bool | None = None) -> Settings:
+    """Only the password pepper: what `authsvc users create` needs to hash as `serve` does."""
+    generate = settings.embedded if generate is None else generate
+    return _fill(settings, ("password_pepper",), generate)
+
+
+def _fill(settings: Settings, names: tuple[str, ...], generate: bool) -> Settings:
     found = {}
-    for name in _needed(settings):
+    for name in names:
         if getattr(settings, name) is not None:
             continue
         path = secret_path(settings.data_dir, name)

@@ -39,9 +39,12 @@ log = logging.getLogger(__name__)
 # How long a claim stays closed if the process dies between claim and outcome.
 CLAIM_HOLD = timedelta(seconds=15)
 PRUNE_EVERY = 300.0
-# Refusals nothing can end early (an address block, a pair's backoff) are repeated from
-# memory until they end, so a flooding client costs a dictionary look-up per attempt
-# instead of a transaction.
+# Refusals only a success or an operator can end early (an address block, a pair's backoff)
+# are repeated from memory, so a flooding client costs a dictionary look-up per attempt
+# instead of a transaction. Memory is trusted for at most `throttle_memory_ms`, then the
+# database is asked again: that bounds how long `authsvc throttle reset` takes to reach every
+# process (polling, not LISTEN/NOTIFY: no extra connection per worker to keep alive and
+# reconnect, and it costs one transaction per refused pair or address per interval).
 REMEMBERED_MAX = 100_000
 EVENT_FLUSH_EVERY = 1.0
 EVENT_BUFFER_MAX = 50_000
@@ -69,6 +72,7 @@ class Limits:
     address_block: timedelta
     known_address_age: timedelta
     events_kept: timedelta
+    memory: float  # seconds a refusal is repeated from memory before the database is asked again
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limits:
@@ -86,6 +90,7 @@ class Limits:
             address_block=timedelta(seconds=s.address_block_seconds),
             known_address_age=timedelta(days=s.known_address_days),
             events_kept=timedelta(days=s.auth_events_days),
+            memory=s.throttle_memory_ms / 1000,
         )
 
 
@@ -171,7 +176,8 @@ class LoginThrottle:
         self.max_sleeping = max_sleeping
         self.sleeping = 0  # requests now waiting out their backoff in this process
         self.refusals = RefusalEvents(pool)
-        self._closed: dict[tuple[str, ...], float] = {}  # ("address", a) or (key, a) -> loop time it opens
+        # ("address", a) or (key, a) -> (loop time until which memory is trusted, loop time it opens)
+        self._closed: dict[tuple[str, ...], tuple[float, float]] = {}
 
     async def acquire(self, identifier: str, address: str) -> Attempt:
         """Claim an attempt under all three budgets, or raise TooManyAttempts."""
@@ -190,24 +196,28 @@ class LoginThrottle:
     def _refuse_from_memory(self, identifier: str, key: str, address: str) -> None:
         now = asyncio.get_running_loop().time()
         for budget, closed in (("address", ("address", address)), ("backoff", (key, address))):
-            until = self._closed.get(closed)
-            if until is None:
+            remembered = self._closed.get(closed)
+            if remembered is None:
                 continue
-            if until <= now:
+            trusted_until, opens_at = remembered
+            if trusted_until <= now:
                 del self._closed[closed]
                 continue
             self.refusals.add(identifier, address, budget)
-            raise TooManyAttempts(math.ceil(until - now))
+            raise TooManyAttempts(math.ceil(opens_at - now))
 
     def _remember(self, closed: tuple[str, ...], seconds: float) -> None:
         # Never a hold (the attempt in flight may end it any moment) nor an account refusal
         # (it depends on the owner's known addresses, which only the database knows).
+        trusted = min(seconds, self.limits.memory)
+        if trusted <= 0:
+            return
         now = asyncio.get_running_loop().time()
         if len(self._closed) >= REMEMBERED_MAX:
-            self._closed = {k: t for k, t in self._closed.items() if t > now}
+            self._closed = {k: v for k, v in self._closed.items() if v[0] > now}
             if len(self._closed) >= REMEMBERED_MAX:
                 self._closed.clear()
-        self._closed[closed] = now + seconds
+        self._closed[closed] = (now + trusted, now + seconds)
 
     async def _claim(self, conn: asyncpg.Connection, key: str, address: str) -> bool:
         """Take from each budget in turn; return whether the account budget was charged."""

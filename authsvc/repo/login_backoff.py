@@ -103,3 +103,11 @@ async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
         older_than,
     )
     return int(result.split()[-1])
+
+
+async def forget(conn: asyncpg.Connection, identifier: str | None = None, address: str | None = None) -> int:
+    """Drop every pair of an identifier or of an address (an operator's reset); return how many."""
+    result = await conn.execute(
+        "DELETE FROM login_backoff WHERE identifier = $1 OR address = $2", identifier, address
+    )
+    return int(result.split()[-1])

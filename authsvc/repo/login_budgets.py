@@ -76,3 +76,8 @@ async def prune(conn: asyncpg.Connection, idle_for: timedelta) -> int:
         "DELETE FROM login_budgets WHERE updated_at < now() - $1::interval AND blocked_until < now()", idle_for
     )
     return int(result.split()[-1])
+
+
+async def forget(conn: asyncpg.Connection, scope: str, key: str) -> bool:
+    """Drop a bucket and its block (an operator's reset): the next attempt finds it full."""
+    return await conn.execute("DELETE FROM login_budgets WHERE scope = $1 AND key = $2", scope, key) == "DELETE 1"

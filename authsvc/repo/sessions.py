@@ -48,9 +48,10 @@ async def lock_refresh(
     row = await conn.fetchrow(
         """
         SELECT s.id AS session_id, s.user_id, t.used_at,
-               (s.revoked_at IS NULL AND s.expires_at > now() AND s.last_used_at > now() - $2::interval) AS live,
+               (s.revoked_at IS NULL AND s.expires_at > now() AND s.last_used_at > now() - $2::interval
+                AND u.disabled_at IS NULL) AS live,
                (t.used_at IS NOT NULL AND t.used_at > clock_timestamp() - $3::interval) AS used_within_grace
-          FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+          FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id
          WHERE t.token_hash = $1
            FOR UPDATE OF s, t
         """,
@@ -96,12 +97,15 @@ async def revoke_all(
 async def select_session_user(
     conn: asyncpg.Connection, session_id: uuid.UUID, user_id: int, idle: timedelta
 ) -> User | None:
-    """The user of a live session: the one query behind every authenticated request."""
+    """The user of a live session: the one query behind every authenticated request.
+
+    A disabled user has no live session, even one that began while disabling was under way.
+    """
     row = await conn.fetchrow(
         f"""
         SELECT {", ".join("u." + c.strip() for c in USER_COLUMNS.split(","))}
           FROM sessions s JOIN users u ON u.id = s.user_id
-         WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL
+         WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND u.disabled_at IS NULL
            AND s.expires_at > now() AND s.last_used_at > now() - $3::interval
         """,
         session_id,
@@ -118,8 +122,8 @@ async def select_refresh_owner(
     row = await conn.fetchrow(
         """
         SELECT s.id, s.user_id, s.expires_at
-          FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
-         WHERE t.token_hash = $1 AND t.used_at IS NULL AND s.revoked_at IS NULL
+          FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id
+         WHERE t.token_hash = $1 AND t.used_at IS NULL AND s.revoked_at IS NULL AND u.disabled_at IS NULL
            AND s.expires_at > now() AND s.last_used_at > now() - $2::interval
         """,
         token_hash,

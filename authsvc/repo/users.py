@@ -5,7 +5,7 @@ from datetime import datetime
 
 import asyncpg
 
-COLUMNS = "id, email, password_hash, first_name, last_name, created_at, updated_at"
+COLUMNS = "id, email, password_hash, first_name, last_name, created_at, updated_at, disabled_at"
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class User:
     last_name: str | None
     created_at: datetime
     updated_at: datetime
+    disabled_at: datetime | None = None  # set by `authsvc users disable`: no login, no session
 
 
 def _user(row: asyncpg.Record | None) -> User | None:
@@ -82,6 +83,14 @@ async def update_password_hash(
         expected_old,
     )
     return result == "UPDATE 1"
+
+
+async def set_disabled(conn: asyncpg.Connection, user_id: int, disabled: bool) -> None:
+    await conn.execute(
+        "UPDATE users SET disabled_at = CASE WHEN $2 THEN now() END, updated_at = now() WHERE id = $1",
+        user_id,
+        disabled,
+    )
 
 
 async def delete(conn: asyncpg.Connection, user_id: int) -> bool:
