@@ -10,14 +10,16 @@ from aiohttp import web
 
 from .config import Settings
 from .db import pool_ctx
-from .keys import HASHER, SETTINGS, TOKENS
+from .keys import HASHER, METRICS, SETTINGS, TOKENS
 from .middlewares import bearer_auth, errors_to_json, security_headers
 from .keyring import KeyRing
+from .metrics import Metrics, metrics_ctx
+from .observe import echo_request_id, observe
 from .passwords import PasswordHasher
 from .sessions import sessions_ctx
 from .throttle import throttle_ctx
 from .tokens import TokenService
-from .views import auth, health, todos, users, wellknown
+from .views import auth, health, metrics, todos, users, wellknown
 
 
 async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -60,13 +62,15 @@ def create_app(settings: Settings) -> web.Application:
     if settings.database_url is None or settings.password_pepper is None:
         raise ValueError("create_app needs a database URL and a password pepper")
     app = web.Application(
-        middlewares=[errors_to_json, bearer_auth],
+        # observe first: it must see the final status, errors included.
+        middlewares=[observe, errors_to_json, bearer_auth],
         client_max_size=settings.max_body_bytes,
         # Idle and half-sent connections (slowloris) are closed after this, not after an hour;
         # after an error answer, the rest of an unread body is waited for one second at most.
         handler_args={"keepalive_timeout": settings.idle_timeout, "lingering_time": 1.0},
     )
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
     app[TOKENS] = TokenService(
         key_ring(settings), settings.issuer, settings.audience, settings.access_token_ttl, settings.token_leeway
     )
@@ -74,8 +78,10 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(throttle_ctx)
     app.cleanup_ctx.append(sessions_ctx)
-    for module in (health, wellknown, auth, users, todos):
+    app.cleanup_ctx.append(metrics_ctx)
+    for module in (health, wellknown, auth, users, todos, metrics):
         app.add_routes(module.routes)
     _setup_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers)
+    app.on_response_prepare.append(echo_request_id)
     return app

@@ -20,6 +20,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PREFIX = "AUTHSVC_"
 MIN_SECRET_CHARS = 32
 MIN_SECRET_DISTINCT = 12
+# Who may read /metrics by default: this host and private networks, never the internet.
+PRIVATE_NETWORKS: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(net)
+    for net in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
 
 
 class ConfigError(Exception):
@@ -75,6 +80,10 @@ class Settings:
 
     max_body_bytes: int = 16 * 1024
     log_level: str = "INFO"
+
+    # Observability
+    metrics_networks: tuple[IPNetwork, ...] = PRIVATE_NETWORKS
+    log_format: str = "json"
 
     @property
     def embedded(self) -> bool:
@@ -214,6 +223,13 @@ def _log_level(raw: str) -> str:
     return value
 
 
+def _log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("json", "text"):
+        raise ValueError("must be json or text")
+    return value
+
+
 FIELDS: dict[str, Callable[[str], Any]] = {
     "database_url": _database_url,
     "host": _text,
@@ -254,6 +270,9 @@ FIELDS: dict[str, Callable[[str], Any]] = {
     "idle_timeout": _int(1, 3600),
     "max_body_bytes": _int(1024, 1024 * 1024),
     "log_level": _log_level,
+    # Observability
+    "metrics_networks": _networks,
+    "log_format": _log_format,
 }
 
 
