@@ -150,6 +150,7 @@ def allowed(peer: str | None, networks: tuple[IPNetwork, ...]) -> bool:
 
 async def _sample_forever(app: web.Application, metrics: Metrics) -> None:
     loop = asyncio.get_running_loop()
+    metrics.sample(app)  # gauges right from the start, not one interval later
     while True:
         start = loop.time()
         await asyncio.sleep(SAMPLE_EVERY)
