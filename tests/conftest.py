@@ -92,7 +92,7 @@ class Secrets:
         try:
             self.add_fields(json.loads(text))
             return
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or the deeply nested bodies of test_bad_input
             pass
         self.add_fields({k: v[0] for k, v in urllib.parse.parse_qs(text).items()})
 
