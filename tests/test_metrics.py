@@ -17,8 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from authsvc import metrics
-from authsvc.config import PRIVATE_NETWORKS
+from authsvc import config, metrics
+from authsvc.config import PRIVATE_NETWORKS, ConfigError
 from authsvc.keys import HASHER, POOL
 from helpers import PASSWORD, assert_error, bearer, login, signup
 from test_cli import serving
@@ -177,6 +177,16 @@ async def test_metrics_are_not_served_outside_the_allowed_networks(make_client):
 )
 def test_by_default_only_loopback_and_private_peers_may_read_metrics(peer, allowed):
     assert metrics.allowed(peer, PRIVATE_NETWORKS) is allowed
+
+
+def test_the_settings_parse_and_refuse_nonsense():
+    assert config.from_env({}).metrics_networks == PRIVATE_NETWORKS
+    s = config.from_env({"AUTHSVC_METRICS_NETWORKS": "10.1.0.0/16, ::1", "AUTHSVC_LOG_FORMAT": "Text"})
+    assert s.metrics_networks == (ip_network("10.1.0.0/16"), ip_network("::1")) and s.log_format == "text"
+    assert config.from_env({"AUTHSVC_METRICS_NETWORKS": ""}).metrics_networks == ()
+    for var, bad in (("AUTHSVC_METRICS_NETWORKS", "the office"), ("AUTHSVC_LOG_FORMAT", "xml")):
+        with pytest.raises(ConfigError, match=var):
+            config.from_env({var: bad})
 
 
 async def test_openmetrics_is_served_when_asked_for(client):
