@@ -10,14 +10,16 @@ from aiohttp import web
 
 from .config import Settings
 from .db import pool_ctx
-from .keys import HASHER, SETTINGS, TOKENS
+from .keys import HASHER, METRICS, SETTINGS, TOKENS
 from .middlewares import bearer_auth, errors_to_json, security_headers
 from .keyring import KeyRing
+from .metrics import Metrics, metrics_ctx
+from .observe import echo_request_id, observe
 from .passwords import PasswordHasher
 from .sessions import sessions_ctx
 from .throttle import throttle_ctx
 from .tokens import TokenService
-from .views import auth, health, todos, users, wellknown
+from .views import auth, health, metrics, todos, users, wellknown
 
 # Header limits, checked by aiohttp's parser before any of our code runs (400 past them).
 # A request line or one header of 8 KiB is far more than any route or bearer token needs
@@ -67,7 +69,8 @@ def create_app(settings: Settings) -> web.Application:
     if settings.database_url is None or settings.password_pepper is None:
         raise ValueError("create_app needs a database URL and a password pepper")
     app = web.Application(
-        middlewares=[errors_to_json, bearer_auth],
+        # observe first: it must see the final status, errors included.
+        middlewares=[observe, errors_to_json, bearer_auth],
         client_max_size=settings.max_body_bytes,
         # Idle and half-sent connections (slowloris) are closed after this, not after an hour;
         # after an error answer, the rest of an unread body is waited for one second at most.
@@ -83,6 +86,7 @@ def create_app(settings: Settings) -> web.Application:
         },
     )
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
     app[TOKENS] = TokenService(
         key_ring(settings), settings.issuer, settings.audience, settings.access_token_ttl, settings.token_leeway
     )
@@ -90,8 +94,10 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(throttle_ctx)
     app.cleanup_ctx.append(sessions_ctx)
-    for module in (health, wellknown, auth, users, todos):
+    app.cleanup_ctx.append(metrics_ctx)
+    for module in (health, wellknown, auth, users, todos, metrics):
         app.add_routes(module.routes)
     _setup_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers)
+    app.on_response_prepare.append(echo_request_id)
     return app

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from . import config, embedded, migrate, operator, secretfiles, workers
+from . import config, embedded, logs, migrate, operator, secretfiles, workers
 from .config import ConfigError, Settings
 from .keyring import KeyError_, KeyFile
 
@@ -108,7 +108,7 @@ async def _migrate(url: str) -> list[migrate.Migration]:
 def _run(argv: Sequence[str] | None) -> None:
     args = _parser().parse_args(argv)
     settings = config.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(settings.log_level, settings.log_format)
     if args.command == "serve":
         _serve(settings, args)
     elif args.command == "migrate":

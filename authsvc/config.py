@@ -20,6 +20,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PREFIX = "AUTHSVC_"
 MIN_SECRET_CHARS = 32
 MIN_SECRET_DISTINCT = 12
+# Who may read /metrics by default: this host and private networks, never the internet.
+PRIVATE_NETWORKS: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(net)
+    for net in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
 
 
 class ConfigError(Exception):
@@ -80,6 +85,9 @@ class Settings:
     shutdown_timeout: int = 10
     # Operator tools: how soon `authsvc throttle reset` reaches running processes.
     throttle_memory_ms: int = 5000
+    # Observability
+    metrics_networks: tuple[IPNetwork, ...] = PRIVATE_NETWORKS
+    log_format: str = "json"
 
     @property
     def embedded(self) -> bool:
@@ -219,6 +227,13 @@ def _log_level(raw: str) -> str:
     return value
 
 
+def _log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("json", "text"):
+        raise ValueError("must be json or text")
+    return value
+
+
 FIELDS: dict[str, Callable[[str], Any]] = {
     "database_url": _database_url,
     "host": _text,
@@ -261,6 +276,9 @@ FIELDS: dict[str, Callable[[str], Any]] = {
     "log_level": _log_level,
     "shutdown_timeout": _int(1, 600),
     "throttle_memory_ms": _int(0, 60_000),
+    # Observability
+    "metrics_networks": _networks,
+    "log_format": _log_format,
 }
 
 

@@ -8,8 +8,9 @@ import logging
 
 from aiohttp import web
 
-from .errors import Busy, InvalidCredentials
-from .keys import HASHER, POOL, THROTTLE
+from . import logs
+from .errors import Busy, InvalidCredentials, TooManyAttempts
+from .keys import HASHER, METRICS, POOL, THROTTLE
 from .repo import users
 from .repo.users import User
 
@@ -17,7 +18,30 @@ log = logging.getLogger(__name__)
 
 
 async def authenticate(app: web.Application, identifier: str, password: str, address: str) -> User:
-    """Return the user whose password this is, or raise InvalidCredentials after the backoff.
+    """Return the user whose password this is, or raise InvalidCredentials after the backoff;
+    count the outcome for /metrics."""
+    outcome = "error"
+    try:
+        user = await _authenticate(app, identifier, password, address)
+    except InvalidCredentials:
+        outcome = "failure"
+        raise
+    except TooManyAttempts:
+        outcome = "throttled"
+        raise
+    except Busy:
+        outcome = "busy"
+        raise
+    else:
+        outcome = "success"
+        logs.note_user(user.id)
+        return user
+    finally:
+        app[METRICS].login(outcome)
+
+
+async def _authenticate(app: web.Application, identifier: str, password: str, address: str) -> User:
+    """The check itself.
 
     Unknown identifiers take the same path as wrong passwords: same counters, a bcrypt
     check against a dummy hash, the same delay and the same error.

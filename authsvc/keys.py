@@ -10,6 +10,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .metrics import Metrics
     from .passwords import PasswordHasher
     from .repo.users import User
     from .throttle import LoginThrottle
@@ -20,7 +21,10 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 HASHER = web.AppKey("hasher", "PasswordHasher")
 TOKENS = web.AppKey("tokens", "TokenService")
 THROTTLE = web.AppKey("throttle", "LoginThrottle")
+METRICS = web.AppKey("metrics", "Metrics")
 
 # Set by the bearer middleware on protected routes.
 CURRENT_USER = web.RequestKey("current_user", "User")
 CURRENT_SESSION = web.RequestKey("current_session", uuid.UUID)
+# Set by the observe middleware on every request.
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -33,6 +33,7 @@ class PasswordHasher:
         self._pepper = pepper.encode("utf-8")
         self.rounds = rounds
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bcrypt")
+        self._workers = workers
         self._limit = workers + queue
         self._in_flight = 0
         self._dummy_hash: bytes | None = None
@@ -56,6 +57,16 @@ class PasswordHasher:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         finally:
             self._in_flight -= 1
+
+    @property
+    def running(self) -> int:
+        """Jobs on a bcrypt thread now."""
+        return min(self._in_flight, self._workers)
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued for a thread (the bounded queue's depth)."""
+        return max(0, self._in_flight - self._workers)
 
     async def start(self) -> None:
         # The stand-in for unknown users costs exactly what a real check costs.

@@ -6,6 +6,9 @@ must share is in PostgreSQL. The parent applies the migrations once, starts the 
 on SIGTERM or SIGINT passes the signal on and waits for each to finish its requests. If a
 worker dies, the others are stopped too and the exit code says so: restarting is the
 supervisor's job (systemd, the container runtime), which sees a clean failure.
+
+The workers' metrics meet in a private directory the parent creates (PROMETHEUS_MULTIPROC_DIR,
+see metrics.py): emptied at start, a dead worker's live gauges dropped, removed at the end.
 """
 
 from __future__ import annotations
@@ -14,14 +17,19 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from types import FrameType
 
 from aiohttp import web
+from prometheus_client import multiprocess
 
+from . import logs
 from .app import create_app
 from .config import Settings
+from .metrics import MULTIPROC_ENV
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +51,7 @@ def run(settings: Settings, *, reuse_port: bool = False, announce: bool = True) 
     answer for up to `shutdown_timeout` seconds, cancels what is still running after that,
     and then runs the cleanup contexts (refusal events flushed, pool closed).
     """
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(settings.log_level, settings.log_format)
     where = f"http://{settings.host}:{settings.port}"
     web.run_app(
         create_app(settings),
@@ -52,7 +60,7 @@ def run(settings: Settings, *, reuse_port: bool = False, announce: bool = True) 
         reuse_port=reuse_port,
         loop=new_loop(),
         print=(lambda _: print(f"authsvc: listening on {where}", file=sys.stderr)) if announce else None,
-        access_log=logging.getLogger("authsvc.access"),
+        access_log=None,  # the observe middleware writes one line per request instead
         shutdown_timeout=settings.shutdown_timeout,
     )
     log.info("stopped")
@@ -64,6 +72,15 @@ def _worker(settings: Settings) -> None:
 
 def run_many(settings: Settings, count: int) -> int:
     """Run `count` workers on one port; return the exit code."""
+    metrics_dir = tempfile.mkdtemp(prefix="authsvc-metrics-")  # mode 0700, empty
+    os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the spawned workers
+    try:
+        return _supervise(settings, count, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(settings: Settings, count: int, metrics_dir: str) -> int:
     context = multiprocessing.get_context("spawn")  # a clean interpreter each: no inherited loop or pool
     procs = [context.Process(target=_worker, args=(settings,), name=f"authsvc-worker-{i}") for i in range(count)]
     stopping = False
@@ -87,6 +104,7 @@ def run_many(settings: Settings, count: int) -> int:
         for ready in multiprocessing.connection.wait(list(sentinels)):
             proc = sentinels.pop(ready)
             proc.join()
+            multiprocess.mark_process_dead(proc.pid, metrics_dir)
             if proc.exitcode and not stopping:
                 log.error("%s exited with %s; stopping the others", proc.name, proc.exitcode)
                 code = 1

@@ -3,13 +3,19 @@
 The server is AUTHSVC_TEST_DATABASE_URL when set (any database on it: the run creates its
 own database beside it and drops it at the end), else an embedded PostgreSQL in a
 temporary directory.
+
+Every log record of the run (authsvc's at DEBUG) is also written, formatted as in
+production, to one file that is searched for secrets when the run ends: see run_log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
+import logging
 import os
+import re
 import secrets
 import tempfile
 import threading
@@ -22,15 +28,17 @@ from typing import Any
 import asyncpg
 import bcrypt
 import pytest
-from aiohttp import web
+from aiohttp import TraceConfig, TraceRequestChunkSentParams, TraceRequestStartParams, web
 from aiohttp.test_utils import TestClient
 
 from authsvc import embedded, migrate
 from authsvc.app import create_app
 from authsvc.config import Settings
 from authsvc.keyring import KeyFile
+from authsvc.keys import SETTINGS
+from authsvc.logs import JsonFormatter
 
-from helpers import bearer, login, signup
+from helpers import PASSWORD, bearer, login, signup
 
 TABLES = "todos, refresh_tokens, sessions, login_backoff, login_budgets, login_known_addresses, auth_events, users"
 
@@ -38,6 +46,134 @@ TABLES = "todos, refresh_tokens, sessions, login_backoff, login_budgets, login_k
 def _with_database(url: str, name: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+# Shapes of secrets that must never reach a log line, whatever test made them.
+SECRET_SHAPES = {
+    "access token (JWT)": re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}"),
+    "refresh token": re.compile(r"rt_[A-Za-z0-9_-]{16,}"),
+    "bcrypt hash": re.compile(r"\$2[aby]\$\d\d\$"),
+    "private key": re.compile(r"PRIVATE KEY"),
+}
+# Shorter strings (the "p" of a too-short-password test) would match innocent text.
+MIN_SECRET_CHARS = 8
+
+
+class Secrets:
+    """Every password, credential and server secret the tests used, to search the log for."""
+
+    def __init__(self) -> None:
+        self.values: set[str] = {PASSWORD}
+
+    def add(self, value: object) -> None:
+        if isinstance(value, str) and len(value.strip()) >= MIN_SECRET_CHARS:
+            self.values.add(value)
+
+    def add_settings(self, settings: Settings) -> None:
+        self.add(settings.password_pepper)
+        self.add(settings.token_secret)
+        for _, secret in settings.introspection_clients:
+            self.add(secret)
+
+    def add_fields(self, data: object) -> None:
+        """Values of password, token and secret fields, however deep in a JSON body."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(value, str) and any(word in str(key) for word in ("password", "token", "secret")):
+                    self.add(value)
+                else:
+                    self.add_fields(value)
+        elif isinstance(data, list):
+            for item in data:
+                self.add_fields(item)
+
+    def add_body(self, chunk: bytes) -> None:
+        text = chunk.decode("utf-8", errors="replace")
+        try:
+            self.add_fields(json.loads(text))
+            return
+        except (ValueError, RecursionError):  # not JSON, or the deeply nested bodies of test_bad_input
+            pass
+        self.add_fields({k: v[0] for k, v in urllib.parse.parse_qs(text).items()})
+
+    def leaks(self, path: Path) -> list[str]:
+        found = []
+        known = sorted(self.values, key=len, reverse=True)
+        literal = re.compile("|".join(map(re.escape, known)))
+        with path.open(encoding="utf-8") as log:
+            for number, line in enumerate(log, 1):
+                kinds = [kind for kind, shape in SECRET_SHAPES.items() if shape.search(line)]
+                if literal.search(line):
+                    kinds.append("a password or secret the tests used")
+                if kinds:
+                    found.append(f"line {number}: {', '.join(kinds)}: {line[:300]}")
+        return found
+
+
+SECRETS = Secrets()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_log() -> Iterator[Path]:
+    """Write every log record of the run to a file; fail the run if a secret is in it."""
+    # Not under pytest's basetemp: concurrent runs prune each other's there. Kept if it leaks.
+    fd, name = tempfile.mkstemp(prefix="authsvc-test-log-", suffix=".jsonl")
+    os.close(fd)
+    path = Path(name)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    ours = logging.getLogger("authsvc")
+    # DEBUG so that debug logging cannot hide a leak; aiohttp's access log is off in
+    # production (the observe middleware replaces it), so off here too.
+    quiet = logging.getLogger("aiohttp.access")
+    levels = (ours.level, quiet.level)
+    ours.setLevel(logging.DEBUG)
+    quiet.setLevel(logging.WARNING)
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        ours.setLevel(levels[0])
+        quiet.setLevel(levels[1])
+    leaks = SECRETS.leaks(path)
+    if not leaks and not os.environ.get("AUTHSVC_TEST_KEEP_LOG"):
+        path.unlink()
+    if leaks:
+        pytest.fail(f"{len(leaks)} log line(s) of this run hold secrets (log: {path}):\n" + "\n".join(leaks[:20]))
+
+
+def _secret_tracer() -> TraceConfig:
+    """Notes the passwords, tokens and credentials test clients send."""
+
+    async def on_start(session: Any, context: Any, params: TraceRequestStartParams) -> None:
+        header = params.headers.get("Authorization")
+        if header:
+            SECRETS.add(header.partition(" ")[2])
+
+    async def on_chunk(session: Any, context: Any, params: TraceRequestChunkSentParams) -> None:
+        SECRETS.add_body(params.chunk)
+
+    trace = TraceConfig()
+    trace.on_request_start.append(on_start)
+    trace.on_request_chunk_sent.append(on_chunk)
+    return trace
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: Any) -> Callable[..., Awaitable[TestClient]]:
+    """pytest-aiohttp's, noting every secret the client sends and its app holds."""
+
+    async def make(app: Any, **kwargs: Any) -> TestClient:
+        if isinstance(app, web.Application) and SETTINGS in app:
+            SECRETS.add_settings(app[SETTINGS])
+        kwargs["trace_configs"] = [*kwargs.get("trace_configs", ()), _secret_tracer()]
+        return await aiohttp_client(app, **kwargs)
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,83 @@
+"""Log lines: one JSON object each (or plain text), tagged with the request they belong to.
+
+The request id lives in a context variable set by the observe middleware, so every line
+logged while a request is handled carries it, whichever module logs. Fields passed with
+`extra={...}` become keys of the object. Nothing here filters secrets: the rule is that
+no code logs them (the test suite greps a whole run's log for them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# Attributes every LogRecord has; anything else on a record came from `extra`.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    user_id: int | None = None
+
+
+current: ContextVar[RequestContext | None] = ContextVar("authsvc_request", default=None)
+
+
+def note_user(user_id: int) -> None:
+    """Name the user the current request acts for (a login learns it late)."""
+    ctx = current.get()
+    if ctx is not None:
+        ctx.user_id = user_id
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+    if "request_id" not in fields:
+        ctx = current.get()
+        if ctx is not None:
+            fields = {"request_id": ctx.request_id, **fields}
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        for key, value in _fields(record).items():
+            line.setdefault(key, value)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        if not extra:
+            return text
+        head, newline, rest = text.partition("\n")  # keep a traceback below the fields
+        return f"{head} [{extra}]{newline}{rest}"
+
+
+def setup(level: str, fmt: str = "json") -> None:
+    """Send every log line to stderr in the chosen format (replacing earlier set-up)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
