@@ -13,6 +13,7 @@ from .db import pool_ctx
 from .keys import HASHER, METRICS, SETTINGS, TOKENS
 from .middlewares import bearer_auth, errors_to_json, security_headers
 from .keyring import KeyRing
+from .logs import quiet_malformed_requests
 from .metrics import Metrics, metrics_ctx
 from .observe import echo_request_id, observe
 from .passwords import PasswordHasher
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> web.Application:
     """Build the app; the database URL, secrets and keys must already be resolved (see cli.py)."""
     if settings.database_url is None or settings.password_pepper is None:
         raise ValueError("create_app needs a database URL and a password pepper")
+    quiet_malformed_requests()
     app = web.Application(
         # observe first: it must see the final status, errors included.
         middlewares=[observe, errors_to_json, bearer_auth],

@@ -3,7 +3,8 @@
 The request id lives in a context variable set by the observe middleware, so every line
 logged while a request is handled carries it, whichever module logs. Fields passed with
 `extra={...}` become keys of the object. Nothing here filters secrets: the rule is that
-no code logs them (the test suite greps a whole run's log for them).
+no code logs them (the test suite greps a whole run's log for them). The one exception is
+aiohttp's parser, whose error messages quote what the client sent (MalformedRequests).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from aiohttp.http_exceptions import HttpProcessingError
 
 # Attributes every LogRecord has; anything else on a record came from `extra`.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -74,6 +77,30 @@ class TextFormatter(logging.Formatter):
             return text
         head, newline, rest = text.partition("\n")  # keep a traceback below the fields
         return f"{head} [{extra}]{newline}{rest}"
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp's parser errors quote up to 100 bytes of the bad line (an Authorization header,
+    say) and come with a traceback: keep the kind of error and who sent it, drop the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            record.msg, record.args = "refused a malformed request from %s: %s", (remote, type(exc).__name__)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_MALFORMED = MalformedRequests()
+
+
+def quiet_malformed_requests() -> None:
+    """Install the filter on aiohttp's server logger (once, however many apps are made)."""
+    logger = logging.getLogger("aiohttp.server")
+    if _MALFORMED not in logger.filters:
+        logger.addFilter(_MALFORMED)
 
 
 def setup(level: str, fmt: str = "json") -> None:

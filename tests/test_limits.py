@@ -90,3 +90,15 @@ async def test_a_login_abandoned_by_its_client_still_counts(make_client, db):
     assert outcome == "failure"  # not "error": the check ran on and the attempt was not given back
     async with client.post("/auth", json={"username": "hangup@example.com", "password": PASSWORD}) as resp:
         assert resp.status == 429  # even the right password waits out the backoff
+
+
+async def test_a_refused_header_is_not_logged(client, user_token, caplog):
+    # aiohttp quotes the first 100 bytes of an over-long line in its exception: here a token.
+    padded = user_token + "." + "a" * MAX_FIELD_SIZE
+    caplog.set_level("DEBUG")
+    answer = await _exchange(client, _request(headers={"Authorization": f"Bearer {padded}"}))
+    assert answer.split(b" ", 2)[1] == b"400", answer[:200]
+    logged = "\n".join(caplog.text.splitlines() + [r.getMessage() for r in caplog.records])
+    assert user_token[:40] not in logged
+    assert "Traceback" not in logged  # a malformed request is the client's error, not ours
+    assert any("malformed request" in r.getMessage() for r in caplog.records)
