@@ -5,18 +5,18 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-import asyncpg
 from aiohttp import web
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .db import Database
     from .passwords import PasswordHasher
     from .repo.users import User
     from .throttle import LoginThrottle
     from .tokens import TokenService
 
 SETTINGS = web.AppKey("settings", "Settings")
-POOL = web.AppKey("pool", asyncpg.Pool)
+POOL = web.AppKey("pool", "Database")
 HASHER = web.AppKey("hasher", "PasswordHasher")
 TOKENS = web.AppKey("tokens", "TokenService")
 THROTTLE = web.AppKey("throttle", "LoginThrottle")
