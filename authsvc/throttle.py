@@ -193,21 +193,34 @@ class LoginThrottle:
         self.sleeping = 0  # requests now waiting out their backoff in this process
         self.refusals = RefusalEvents(pool)
         self.unreturned: list[tuple[Attempt, str]] = []  # claims to give back when the database is back
+        self._giving_back = asyncio.Lock()
         self._closed: dict[tuple[str, ...], float] = {}  # ("address", a) or (key, a) -> loop time it opens
 
     async def acquire(self, identifier: str, address: str) -> Attempt:
         """Claim an attempt under all three budgets, or raise TooManyAttempts."""
         key = normalise(identifier)
         self._refuse_from_memory(identifier, key, address)
-        async with self.pool.acquire() as conn:
-            try:
-                async with conn.transaction():  # a refusal rolls back the tokens already taken
-                    account_counted = await self._claim(conn, key, address)
-            except _Refused as refused:
-                wait = await self._after_refusal(conn, refused, key, address)
-                self.refusals.add(identifier, address, refused.budget)
-                raise TooManyAttempts(math.ceil(wait)) from None
-        return Attempt(self, identifier, key, address, account_counted)
+        if self.unreturned or self._giving_back.locked():
+            # First free what an outage left held; if the database still fails, so does this claim.
+            await self.give_back_unreturned()
+        attempt: Attempt | None = None
+        try:
+            async with self.pool.acquire() as conn:
+                try:
+                    async with conn.transaction():  # a refusal rolls back the tokens already taken
+                        account_counted = await self._claim(conn, key, address)
+                        attempt = Attempt(self, identifier, key, address, account_counted)
+                except _Refused as refused:
+                    wait = await self._after_refusal(conn, refused, key, address)
+                    self.refusals.add(identifier, address, refused.budget)
+                    raise TooManyAttempts(math.ceil(wait)) from None
+        except UNAVAILABLE_ERRORS:
+            if attempt is not None:
+                # Lost at COMMIT (or after): the claim may stand, so it is given back later.
+                self._give_back_later(attempt, "error")
+            raise
+        assert attempt is not None
+        return attempt
 
     async def abandon(self, attempt: Attempt, outcome: str) -> None:
         """Give back a claim that got no verdict; if the database is away, as soon as it is back.
@@ -218,17 +231,23 @@ class LoginThrottle:
         try:
             await attempt.abandon(outcome)
         except UNAVAILABLE_ERRORS:
-            if len(self.unreturned) < EVENT_BUFFER_MAX:
-                self.unreturned.append((attempt, outcome))
+            self._give_back_later(attempt, outcome)
+
+    def _give_back_later(self, attempt: Attempt, outcome: str) -> None:
+        if len(self.unreturned) < EVENT_BUFFER_MAX:
+            self.unreturned.append((attempt, outcome))
 
     async def give_back_unreturned(self) -> None:
-        unreturned, self.unreturned = self.unreturned, []
-        for i, (attempt, outcome) in enumerate(unreturned):
-            try:
-                await attempt.abandon(outcome)
-            except UNAVAILABLE_ERRORS:
-                self.unreturned[:0] = unreturned[i:]
-                raise
+        async with self._giving_back:  # one at a time, and claims wait until it is done
+            unreturned, self.unreturned = self.unreturned, []
+            for i, (attempt, outcome) in enumerate(unreturned):
+                try:
+                    await attempt.abandon(outcome)
+                except UNAVAILABLE_ERRORS:
+                    self.unreturned[:0] = unreturned[i:]
+                    raise
+                except Exception:  # not the database being away: retrying would not help
+                    log.warning("could not give back a login claim", exc_info=True)
 
     def _refuse_from_memory(self, identifier: str, key: str, address: str) -> None:
         now = asyncio.get_running_loop().time()
