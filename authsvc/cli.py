@@ -15,6 +15,7 @@ import asyncpg
 
 from . import config, embedded, logs, migrate, operator, secretfiles, workers
 from .config import ConfigError, Settings
+from .db import UNAVAILABLE_ERRORS
 from .keyring import KeyError_, KeyFile
 
 log = logging.getLogger("authsvc")
@@ -88,17 +89,22 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     if count == 1:
         workers.run(settings)
         return
-    # Migrate once here rather than racing N workers for the lock.
+    # Migrate once here rather than racing N workers for the lock; with the database away,
+    # the workers start anyway and migrate (one at a time, under the lock) once it is back.
     if settings.migrate_on_start:
-        assert settings.database_url is not None
-        asyncio.run(_migrate(settings.database_url))
-    code = workers.run_many(settings.replace(migrate_on_start=False), count)
+        try:
+            asyncio.run(_migrate(settings))
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("database unavailable at start (%s): the workers migrate when it is back", type(exc).__name__)
+        else:
+            settings = settings.replace(migrate_on_start=False)
+    code = workers.run_many(settings, count)
     if code:
         raise SystemExit(code)
 
 
-async def _migrate(url: str) -> list[migrate.Migration]:
-    conn = await asyncpg.connect(url)
+async def _migrate(settings: Settings) -> list[migrate.Migration]:
+    conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
     try:
         return await migrate.migrate(conn)
     finally:
@@ -112,9 +118,7 @@ def _run(argv: Sequence[str] | None) -> None:
     if args.command == "serve":
         _serve(settings, args)
     elif args.command == "migrate":
-        settings = _with_database(settings)
-        assert settings.database_url is not None
-        applied = asyncio.run(_migrate(settings.database_url))
+        applied = asyncio.run(_migrate(_with_database(settings)))
         print(f"authsvc: {len(applied)} migration(s) applied" + "".join(f"\n  {m.version:04d}_{m.name}" for m in applied))
     elif args.command == "secrets":
         secretfiles.resolve(settings, generate=True)

@@ -88,6 +88,10 @@ class Settings:
     # Observability
     metrics_networks: tuple[IPNetwork, ...] = PRIVATE_NETWORKS
     log_format: str = "json"
+    # Database faults: asyncpg waits forever by default; every wait here is bounded.
+    db_connect_timeout: float = 5.0
+    db_acquire_timeout: float = 5.0
+    db_statement_timeout: float = 5.0
 
     @property
     def embedded(self) -> bool:
@@ -117,6 +121,19 @@ def _int(lo: int, hi: int) -> Callable[[str], int]:
             raise ValueError(f"must be a whole number from {lo} to {hi}") from None
         if not lo <= value <= hi:
             raise ValueError(f"must be a whole number from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _seconds(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be a number of seconds from {lo:g} to {hi:g}") from None
+        if not lo <= value <= hi:  # also refuses nan and inf
+            raise ValueError(f"must be a number of seconds from {lo:g} to {hi:g}")
         return value
 
     return parse
@@ -279,6 +296,9 @@ FIELDS: dict[str, Callable[[str], Any]] = {
     # Observability
     "metrics_networks": _networks,
     "log_format": _log_format,
+    "db_connect_timeout": _seconds(0.1, 300),
+    "db_acquire_timeout": _seconds(0.1, 300),
+    "db_statement_timeout": _seconds(0.1, 3600),
 }
 
 

@@ -54,19 +54,24 @@ async def _authenticate(app: web.Application, identifier: str, password: str, ad
             user = await users.select_by_email(conn, identifier)
         # The connection is back in the pool before the slow part.
         ok = await hasher.verify(password, user.password_hash if user else None)
+        # A disabled account answers as a wrong password does, after the same bcrypt check, and
+        # counts as a failure: a refusal that spared the backoff would confirm the password.
+        ok = ok and user is not None and user.disabled_at is None
+        if ok:
+            await attempt.succeeded()
+        else:
+            delay = await attempt.failed()
     except BaseException as exc:
-        # No verdict: give the claim back (it expires by itself if even this fails).
+        # No verdict recorded (hash queue full, database trouble): give the claim back, now
+        # or once the database is back, so that it counts as no attempt at all.
         with contextlib.suppress(Exception):
-            await asyncio.shield(attempt.abandon("busy" if isinstance(exc, Busy) else "error"))
+            await asyncio.shield(throttle.abandon(attempt, "busy" if isinstance(exc, Busy) else "error"))
         raise
-    # A disabled account answers as a wrong password does, after the same bcrypt check, and
-    # counts as a failure: a refusal that spared the backoff would confirm the password.
-    if ok and user is not None and user.disabled_at is None:
-        await attempt.succeeded()
+    if ok and user is not None:
         if hasher.needs_rehash(user.password_hash):
             await _upgrade_hash(app, user, password)
         return user
-    await throttle.delay(await attempt.failed())
+    await throttle.delay(delay)
     raise InvalidCredentials()
 
 

@@ -1,59 +1,224 @@
-"""The asyncpg pool, opened and closed with the application."""
+"""The database behind one app: an asyncpg pool whose waits are all bounded, and that outlives outages.
+
+asyncpg waits forever by default: for a pooled connection, for a new one, for a statement.
+Here each wait has a setting (AUTHSVC_DB_*_TIMEOUT). The app starts whether or not the
+database answers; until the schema is checked (or migrated) and the pool is open, `acquire()`
+raises NotReady, which is answered 503, and a background task keeps trying. An outage is
+logged once when first seen and once when it is over, never once per request.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
+from types import TracebackType
 
 import asyncpg
 from aiohttp import web
 
 from . import migrate
+from .config import Settings
 from .keys import POOL, SETTINGS
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "the database is not reachable right now", not "the request is wrong".
+# While the database is missing at start: first retry after RETRY_FIRST, doubling up to RETRY_MAX.
+RETRY_FIRST = 0.1
+RETRY_MAX = 2.0
+# The client-side bound on a statement is a little longer than the server's statement_timeout,
+# so the server cancels first (a clean error) and the client only gives up on a silent server.
+CLIENT_MARGIN = 1.0
+
+
+class NotReady(Exception):
+    """The database has not answered since start, or its schema is not ready yet."""
+
+
+# Errors that mean "the database is not reachable or not answering in time", not "the
+# request is wrong": answered 503 with Retry-After.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
+    NotReady,
+    OSError,  # includes TimeoutError: no pooled connection, or no answer, in time
     asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,  # includes a connection closed in the middle of a statement
+    # 57xxx: statement_timeout (QueryCanceledError), server shutting down or starting up
+    asyncpg.OperatorInterventionError,
+    # 53xxx: too many connections, out of memory or disk
+    asyncpg.InsufficientResourcesError,
 )
 
 
-async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
+def _connection_lost(exc: BaseException) -> bool:
+    """The server or the way to it failed (not merely a slow statement or a full pool)."""
+    if isinstance(exc, (NotReady, TimeoutError, asyncpg.QueryCanceledError, asyncpg.InsufficientResourcesError)):
+        return False
+    return isinstance(exc, UNAVAILABLE_ERRORS)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class Database:
+    """The app's pool, with bounded waits, closed to requests until the schema is ready."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.database_url is not None, "resolve the database URL before creating the app"
+        self._settings = settings
+        self.pool: asyncpg.Pool | None = None
+        self.ready = False
+        self._down_since: float | None = None  # loop time of the first failure of this outage
+        self._failures = 0  # requests that failed during this outage
+        self._expired = False  # the pool's connections were replaced during this outage
+
+    def acquire(self) -> _Acquire:
+        """`async with db.acquire() as conn:` a pooled connection, within the acquire timeout."""
+        return _Acquire(self)
+
+    async def open(self) -> None:
+        """Check or apply the migrations, then open the pool; raises whatever the database said."""
+        s = self._settings
+        # Migrations get a connection of their own, free of the statement timeout: a migration
+        # may take long, and waiting for another replica's migration lock is expected.
+        conn = await asyncpg.connect(
+            s.database_url, timeout=s.db_connect_timeout, server_settings={"application_name": "authsvc"}
+        )
+        try:
+            await prepare_schema(conn, s.migrate_on_start)
+        finally:
+            await conn.close(timeout=s.db_connect_timeout)
+        if self.pool is None:
+            self.pool = await create_pool(s)
+        self.ready = True
+
+    async def keep_trying(self) -> None:
+        """Retry open() with a capped backoff until the database answers and the schema is ready."""
+        delay = RETRY_FIRST
+        last_problem = ""
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            try:
+                await self.open()
+            except UNAVAILABLE_ERRORS:
+                continue  # the outage is logged already
+            except Exception as exc:  # e.g. pending migrations with AUTHSVC_MIGRATE_ON_START off
+                if str(exc) != last_problem:
+                    log.error("the database answers but is not ready: %s; retrying", _describe(exc))
+                    last_problem = str(exc)
+                continue
+            self._recovered()
+            return
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    async def failed(self, exc: BaseException) -> None:
+        """Note a failure: the first of an outage is logged; stale connections are dropped."""
+        self._failures += 1
+        if self._down_since is None:
+            self._down_since = asyncio.get_running_loop().time()
+            log.warning("database unavailable (%s): answering 503 until it is back", _describe(exc))
+        # After a restart or failover the idle connections are dead, and some may not know it
+        # yet (no FIN from a vanished host): replace them all, once, rather than fail a request each.
+        if _connection_lost(exc) and self.pool is not None and not self._expired:
+            self._expired = True
+            await self.pool.expire_connections()
+
+    def _recovered(self) -> None:
+        if self._down_since is None:
+            return
+        seconds = asyncio.get_running_loop().time() - self._down_since
+        log.warning("database available again after %.1f s (%d requests failed meanwhile)", seconds, self._failures)
+        self._down_since = None
+        self._failures = 0
+        self._expired = False
+
+
+class _Acquire:
+    """The pool's acquire context, bounded, reporting failures and recovery to the Database."""
+
+    __slots__ = ("_db", "_ctx", "_while_down")
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        db = self._db
+        if db.pool is None or not db.ready:
+            raise NotReady("the database is not ready")
+        # A connection taken during an outage is a new one (the old ones were expired): if the
+        # work on it succeeds, the outage is over.
+        self._while_down = db.down
+        self._ctx = db.pool.acquire(timeout=db._settings.db_acquire_timeout)
+        try:
+            return await self._ctx.__aenter__()
+        except UNAVAILABLE_ERRORS as exc:
+            await db.failed(exc)
+            raise
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        db = self._db
+        try:
+            await self._ctx.__aexit__(exc_type, exc, tb)
+        except UNAVAILABLE_ERRORS as release_exc:
+            await db.failed(release_exc)
+            raise
+        if exc is None:
+            if self._while_down:
+                db._recovered()
+        elif isinstance(exc, UNAVAILABLE_ERRORS):
+            await db.failed(exc)
+
+
+async def create_pool(s: Settings) -> asyncpg.Pool:
+    statement_ms = round(s.db_statement_timeout * 1000)
+    # asyncpg logs each failed attempt to refill the pool; the outage is logged here once instead.
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     return await asyncpg.create_pool(
-        dsn,
-        min_size=min_size,
-        max_size=max_size,
-        server_settings={"application_name": "authsvc"},
+        s.database_url,
+        min_size=s.db_pool_min,
+        max_size=s.db_pool_max,
+        timeout=s.db_connect_timeout,  # opening a connection
+        command_timeout=s.db_statement_timeout + CLIENT_MARGIN,  # a server that went silent
+        server_settings={"application_name": "authsvc", "statement_timeout": str(statement_ms)},
     )
 
 
-async def prepare_schema(pool: asyncpg.Pool, apply: bool) -> None:
-    async with pool.acquire() as conn:
-        if apply:
-            await migrate.migrate(conn)
-            return
-        todo = await migrate.pending(conn)
-        if todo:
-            raise migrate.MigrationError(
-                f"{len(todo)} migration(s) pending and AUTHSVC_MIGRATE_ON_START is off: run `authsvc migrate`"
-            )
+async def prepare_schema(conn: asyncpg.Connection, apply: bool) -> None:
+    if apply:
+        await migrate.migrate(conn)
+        return
+    todo = await migrate.pending(conn)
+    if todo:
+        raise migrate.MigrationError(
+            f"{len(todo)} migration(s) pending and AUTHSVC_MIGRATE_ON_START is off: run `authsvc migrate`"
+        )
 
 
 async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    assert settings.database_url is not None, "resolve the database URL before creating the app"
-    pool = await create_pool(settings.database_url, settings.db_pool_min, settings.db_pool_max)
+    db = Database(app[SETTINGS])
+    app[POOL] = db
+    retrying: asyncio.Task[None] | None = None
     try:
-        await prepare_schema(pool, settings.migrate_on_start)
-    except BaseException:
-        await pool.close()
-        raise
-    app[POOL] = pool
+        await db.open()
+    except UNAVAILABLE_ERRORS as exc:
+        # Start anyway: /healthz answers, /readyz and everything else say 503 until it is back.
+        await db.failed(exc)
+        retrying = asyncio.create_task(db.keep_trying())
     yield
-    await pool.close()  # waits for connections still in use to come back
+    if retrying is not None:
+        retrying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retrying
+    await db.close()  # waits for connections still in use to come back
     log.info("database pool closed")

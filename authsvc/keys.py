@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-import asyncpg
 from aiohttp import web
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .db import Database
     from .metrics import Metrics
     from .passwords import PasswordHasher
     from .repo.users import User
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .tokens import TokenService
 
 SETTINGS = web.AppKey("settings", "Settings")
-POOL = web.AppKey("pool", asyncpg.Pool)
+POOL = web.AppKey("pool", "Database")
 HASHER = web.AppKey("hasher", "PasswordHasher")
 TOKENS = web.AppKey("tokens", "TokenService")
 THROTTLE = web.AppKey("throttle", "LoginThrottle")

@@ -115,7 +115,8 @@ class Metrics:
 
     def sample(self, app: web.Application) -> None:
         """Read the pool and the bcrypt queue into their gauges."""
-        pool = app.get(POOL)
+        database = app.get(POOL)
+        pool = database.pool if database is not None else None
         if pool is not None:
             size, idle = pool.get_size(), pool.get_idle_size()
             self.pool_connections.labels("idle").set(idle)

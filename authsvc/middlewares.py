@@ -55,10 +55,11 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
         code = HTTP_CODES.get(exc.status, "http_error")
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(exc.status, {"error": code, "message": exc.reason}, headers)
-    except UNAVAILABLE_ERRORS:
-        log.warning("database unavailable for %s %s", request.method, request.path, exc_info=True)
-        exc = Unavailable()
-        return error_response(exc.status, exc.body(), exc.headers)
+    except UNAVAILABLE_ERRORS as exc:
+        # db.Database logs the outage once; a line per request would flood the log.
+        log.debug("database unavailable for %s %s: %s", request.method, request.path, type(exc).__name__)
+        unavailable = Unavailable()
+        return error_response(unavailable.status, unavailable.body(), unavailable.headers)
     except Exception:
         # The traceback goes to the log; the client learns only that it was our fault.
         log.exception("unhandled error for %s %s", request.method, request.path)

@@ -17,11 +17,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
-import asyncpg
 from aiohttp import web
 from marshmallow import ValidationError
 
-from . import accounts, config, db, migrate, secretfiles
+from . import accounts, config, db, secretfiles
 from .config import ConfigError, Settings, env_name
 from .errors import EmailTaken
 from .keys import HASHER, POOL
@@ -41,17 +40,14 @@ class CommandFailed(Exception):
 
 
 @asynccontextmanager
-async def _pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    assert settings.database_url is not None, "resolve the database URL first (cli._with_database)"
-    pool = await db.create_pool(settings.database_url, 1, 1)
+async def _pool(settings: Settings) -> AsyncIterator[db.Database]:
+    """The service's own database object (same timeouts), refusing a schema that is behind."""
+    database = db.Database(settings.replace(db_pool_min=1, db_pool_max=1, migrate_on_start=False))
     try:
-        async with pool.acquire() as conn:
-            todo = await migrate.pending(conn)
-        if todo:
-            raise CommandFailed(f"{len(todo)} migration(s) pending: run `authsvc migrate` first")
-        yield pool
+        await database.open()  # raises MigrationError when migrations are pending
+        yield database
     finally:
-        await pool.close()
+        await database.close()
 
 
 # --- users ---

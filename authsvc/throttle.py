@@ -30,6 +30,7 @@ import asyncpg
 from aiohttp import web
 
 from .config import Settings
+from .db import UNAVAILABLE_ERRORS, Database
 from .errors import TooManyAttempts
 from .keys import POOL, SETTINGS, THROTTLE
 from .repo import auth_events, known_addresses, login_backoff, login_budgets
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 # How long a claim stays closed if the process dies between claim and outcome.
 CLAIM_HOLD = timedelta(seconds=15)
+# A claim given back later than this (the database was away) leaves the hold alone: it has
+# expired by itself, and the pair may be held by a newer attempt by then.
+RELEASE_WITHIN = CLAIM_HOLD.total_seconds() - 2.0
 PRUNE_EVERY = 300.0
 # Refusals only a success or an operator can end early (an address block, a pair's backoff)
 # are repeated from memory, so a flooding client costs a dictionary look-up per attempt
@@ -108,6 +112,7 @@ class Attempt:
         self._key = key
         self._address = address
         self._account_counted = account_counted
+        self._claimed_at = asyncio.get_running_loop().time()
 
     async def _give_back(self, conn: asyncpg.Connection) -> None:
         limits = self._throttle.limits
@@ -134,8 +139,10 @@ class Attempt:
 
     async def abandon(self, outcome: str) -> None:
         """No verdict (hash queue full, database trouble): give back the claim and its tokens."""
+        held = asyncio.get_running_loop().time() - self._claimed_at < RELEASE_WITHIN
         async with self._throttle.pool.acquire() as conn, conn.transaction():
-            await login_backoff.release(conn, self._key, self._address)
+            if held:
+                await login_backoff.release(conn, self._key, self._address)
             await self._give_back(conn)
             await auth_events.insert(conn, self._identifier, self._address, outcome)
 
@@ -144,7 +151,7 @@ class RefusalEvents:
     """Refusals are recorded in batches, one row per (identifier, address, budget) and flush
     with the number of attempts: a flood must cost neither a write nor a row per request."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
         self._pending: dict[tuple[str, str, str], list[Any]] = {}  # -> [first seen, attempts]
         self.dropped = 0
@@ -162,20 +169,36 @@ class RefusalEvents:
         pending, self._pending = self._pending, {}
         if pending:
             rows = [(at, ident, addr, "throttled", reason, n) for (ident, addr, reason), (at, n) in pending.items()]
-            async with self._pool.acquire() as conn:
-                await auth_events.insert_many(conn, rows)
+            try:
+                async with self._pool.acquire() as conn:
+                    await auth_events.insert_many(conn, rows)
+            except UNAVAILABLE_ERRORS:
+                self._put_back(pending)  # the next flush tries again
+                raise
         if self.dropped:
             log.warning("%d refused login attempts were not recorded (buffer full)", self.dropped)
             self.dropped = 0
 
+    def _put_back(self, pending: dict[tuple[str, str, str], list[Any]]) -> None:
+        for key, (at, n) in pending.items():
+            seen = self._pending.get(key)
+            if seen is not None:
+                seen[0], seen[1] = min(seen[0], at), seen[1] + n
+            elif len(self._pending) < EVENT_BUFFER_MAX:
+                self._pending[key] = [at, n]
+            else:
+                self.dropped += n
+
 
 class LoginThrottle:
-    def __init__(self, pool: asyncpg.Pool, limits: Limits, max_sleeping: int) -> None:
+    def __init__(self, pool: Database, limits: Limits, max_sleeping: int) -> None:
         self.pool = pool
         self.limits = limits
         self.max_sleeping = max_sleeping
         self.sleeping = 0  # requests now waiting out their backoff in this process
         self.refusals = RefusalEvents(pool)
+        self.unreturned: list[tuple[Attempt, str]] = []  # claims to give back when the database is back
+        self._giving_back = asyncio.Lock()
         # ("address", a) or (key, a) -> (loop time until which memory is trusted, loop time it opens)
         self._closed: dict[tuple[str, ...], tuple[float, float]] = {}
 
@@ -183,15 +206,54 @@ class LoginThrottle:
         """Claim an attempt under all three budgets, or raise TooManyAttempts."""
         key = normalise(identifier)
         self._refuse_from_memory(identifier, key, address)
-        async with self.pool.acquire() as conn:
-            try:
-                async with conn.transaction():  # a refusal rolls back the tokens already taken
-                    account_counted = await self._claim(conn, key, address)
-            except _Refused as refused:
-                wait = await self._after_refusal(conn, refused, key, address)
-                self.refusals.add(identifier, address, refused.budget)
-                raise TooManyAttempts(math.ceil(wait)) from None
-        return Attempt(self, identifier, key, address, account_counted)
+        if self.unreturned or self._giving_back.locked():
+            # First free what an outage left held; if the database still fails, so does this claim.
+            await self.give_back_unreturned()
+        attempt: Attempt | None = None
+        try:
+            async with self.pool.acquire() as conn:
+                try:
+                    async with conn.transaction():  # a refusal rolls back the tokens already taken
+                        account_counted = await self._claim(conn, key, address)
+                        attempt = Attempt(self, identifier, key, address, account_counted)
+                except _Refused as refused:
+                    wait = await self._after_refusal(conn, refused, key, address)
+                    self.refusals.add(identifier, address, refused.budget)
+                    raise TooManyAttempts(math.ceil(wait)) from None
+        except UNAVAILABLE_ERRORS:
+            if attempt is not None:
+                # Lost at COMMIT (or after): the claim may stand, so it is given back later.
+                self._give_back_later(attempt, "error")
+            raise
+        assert attempt is not None
+        return attempt
+
+    async def abandon(self, attempt: Attempt, outcome: str) -> None:
+        """Give back a claim that got no verdict; if the database is away, as soon as it is back.
+
+        A database error is not a failed guess: it must neither count against the account nor
+        leave the pair held until the claim expires.
+        """
+        try:
+            await attempt.abandon(outcome)
+        except UNAVAILABLE_ERRORS:
+            self._give_back_later(attempt, outcome)
+
+    def _give_back_later(self, attempt: Attempt, outcome: str) -> None:
+        if len(self.unreturned) < EVENT_BUFFER_MAX:
+            self.unreturned.append((attempt, outcome))
+
+    async def give_back_unreturned(self) -> None:
+        async with self._giving_back:  # one at a time, and claims wait until it is done
+            unreturned, self.unreturned = self.unreturned, []
+            for i, (attempt, outcome) in enumerate(unreturned):
+                try:
+                    await attempt.abandon(outcome)
+                except UNAVAILABLE_ERRORS:
+                    self.unreturned[:0] = unreturned[i:]
+                    raise
+                except Exception:  # not the database being away: retrying would not help
+                    log.warning("could not give back a login claim", exc_info=True)
 
     def _refuse_from_memory(self, identifier: str, key: str, address: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -281,7 +343,9 @@ async def _every(seconds: float, job: Callable[[], Awaitable[object]], what: str
         await asyncio.sleep(seconds)
         try:
             await job()
-        except Exception:  # a database hiccup must not end the loop
+        except UNAVAILABLE_ERRORS:  # logged once by db.Database; the next round tries again
+            pass
+        except Exception:  # nothing must end the loop
             log.warning("%s failed", what, exc_info=True)
 
 
@@ -292,6 +356,7 @@ async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(_every(PRUNE_EVERY, throttle.prune, "pruning login records")),
         asyncio.create_task(_every(EVENT_FLUSH_EVERY, throttle.refusals.flush, "recording refused logins")),
+        asyncio.create_task(_every(EVENT_FLUSH_EVERY, throttle.give_back_unreturned, "giving back login claims")),
     ]
     yield
     for task in tasks:
@@ -301,3 +366,5 @@ async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
     with contextlib.suppress(Exception):
         await throttle.refusals.flush()
+    with contextlib.suppress(Exception):
+        await throttle.give_back_unreturned()

@@ -1,0 +1,312 @@
+"""Database faults, on a PostgreSQL of this module's own that the tests stop, freeze and start.
+
+The server is the embedded PostgreSQL in a temporary directory, listening on a socket of its
+own, apart from the suite's shared database. `pg_ctl stop -m immediate` is a crash (no
+checkpoint, connections cut mid-statement); SIGSTOP to every server process is a database
+that hangs without closing anything, which only timeouts can get out of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import jwt
+import pytest
+from aiohttp.test_utils import TestClient
+
+from authsvc import embedded, migrate
+from authsvc.app import create_app
+from authsvc.config import Settings
+from authsvc.keys import TOKENS
+
+from helpers import PASSWORD, bearer, login, signup
+
+psutil = pytest.importorskip("psutil", reason="comes with the embedded PostgreSQL (the `embedded` extra)")
+
+pytestmark = pytest.mark.slow
+
+# Small timeouts: a request that needs an absent or silent database must answer 503 within
+# about acquire + statement (+ the client margin) + release, and a login may need two such
+# round trips (its claim, then giving the claim back).
+TIMEOUTS = {"db_connect_timeout": 0.5, "db_acquire_timeout": 0.5, "db_statement_timeout": 0.5}
+BOUND = 5.0  # seconds within which every request must be answered, whatever the database does
+
+
+class Cluster:
+    """One PostgreSQL server in a temporary directory, stopped and started at will."""
+
+    def __init__(self, root: Path) -> None:
+        module = embedded._server_module()
+        # No clean-up by the library: it would stop the process it first started, which a
+        # restart here has replaced. The fixture stops the server and removes the directory.
+        self.server = module.get_server(root / "pgdata", cleanup_mode=None)
+        self.pg_ctl = module.pg_ctl
+        self.socket_dir = self.server.get_postmaster_info().socket_dir
+        self.admin_url = self.server.get_uri("postgres")
+
+    def url(self, database: str) -> str:
+        return self.server.get_uri(database)
+
+    def _ctl(self, *args: str) -> None:
+        self.pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
+
+    def stop(self, mode: str) -> None:
+        self._ctl("-w", "-m", mode, "stop")
+
+    def start(self) -> None:
+        self._ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start")
+
+    def running(self) -> bool:
+        return (self.server.pgdata / "postmaster.pid").exists()
+
+    def processes(self) -> list[Any]:
+        pid = int((self.server.pgdata / "postmaster.pid").read_text().split()[0])
+        postmaster = psutil.Process(pid)
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    async def create_database(self, *, migrated: bool) -> str:
+        name = f"faults_{uuid.uuid4().hex[:8]}"
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        if migrated:
+            conn = await asyncpg.connect(self.url(name))
+            try:
+                await migrate.migrate(conn)
+            finally:
+                await conn.close()
+        return self.url(name)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with tempfile.TemporaryDirectory(prefix="authsvc-faults-") as tmp:
+        os.chmod(tmp, 0o755)  # the server may run as another user (when the tests run as root)
+        c = Cluster(Path(tmp))
+        try:
+            yield c
+        finally:
+            if c.running():
+                c.stop("fast")
+
+
+@pytest.fixture
+async def running(cluster: Cluster) -> Cluster:
+    """The cluster, started if an earlier test left it stopped or frozen."""
+    if cluster.running():
+        for proc in cluster.processes():
+            proc.resume()
+    else:
+        await asyncio.to_thread(cluster.start)
+    return cluster
+
+
+@pytest.fixture
+def start_app(aiohttp_client: Any, base_settings: Settings) -> Callable[..., Awaitable[TestClient]]:
+    async def start(url: str, **changes: Any) -> TestClient:
+        settings = base_settings.replace(database_url=url, db_pool_min=1, db_pool_max=5, **TIMEOUTS)
+        return await aiohttp_client(create_app(settings.replace(**changes)))
+
+    return start
+
+
+async def _timed(call: Awaitable[Any]) -> tuple[Any, float]:
+    started = time.monotonic()
+    async with asyncio.timeout(BOUND):  # a hang fails the test here
+        result = await call
+    return result, time.monotonic() - started
+
+
+async def _assert_unavailable(client: TestClient, method: str, path: str, **kwargs: Any) -> float:
+    resp, elapsed = await _timed(client.request(method, path, **kwargs))
+    body = await resp.json()
+    assert resp.status == 503, (path, body)
+    assert body["error"] == "unavailable" and body["message"], body
+    assert int(resp.headers["Retry-After"]) >= 1
+    return elapsed
+
+
+async def _ready_within(client: TestClient, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (await client.get("/readyz")).status != 200:
+        assert time.monotonic() < deadline, "not ready again in time"
+        await asyncio.sleep(0.05)
+
+
+def _db_log(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "authsvc.db" and words in r.getMessage()]
+
+
+async def test_starts_without_the_database_and_recovers_by_itself(running, start_app, caplog):
+    caplog.set_level(logging.WARNING, logger="authsvc.db")
+    url = await running.create_database(migrated=False)
+    await asyncio.to_thread(running.stop, "fast")
+
+    client = await start_app(url)
+    assert (await client.get("/healthz")).status == 200  # the process is alive
+    await _assert_unavailable(client, "GET", "/readyz")
+    someone = client.app[TOKENS].issue(1, uuid.uuid4())  # a well-signed token: only the database can judge it
+    for _ in range(3):
+        await _assert_unavailable(client, "POST", "/users", json={"email": "a@example.com", "password": PASSWORD})
+        await _assert_unavailable(client, "POST", "/auth", json={"username": "a@example.com", "password": PASSWORD})
+        await _assert_unavailable(client, "GET", "/users/me", headers=bearer(someone))
+
+    await asyncio.to_thread(running.start)
+    await _ready_within(client, 10)
+    # The same app, never restarted: it migrated the new database and serves requests.
+    await signup(client, "a@example.com")
+    token = await login(client, "a@example.com")
+    assert (await client.get("/users/me", headers=bearer(token))).status == 200
+    conn = await asyncpg.connect(url)
+    try:
+        versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+    finally:
+        await conn.close()
+    assert versions == [m.version for m in migrate.discover()]
+    # One line for the outage and one for its end, not one per failed request.
+    assert len(_db_log(caplog, "unavailable")) == 1, caplog.text
+    assert len(_db_log(caplog, "available again")) == 1, caplog.text
+
+
+async def test_pending_migrations_keep_it_unready_until_migrated(running, start_app, caplog):
+    url = await running.create_database(migrated=False)
+    await asyncio.to_thread(running.stop, "fast")
+    client = await start_app(url, migrate_on_start=False)
+    await _assert_unavailable(client, "GET", "/readyz")
+    await asyncio.to_thread(running.start)
+    # The database answers, but the schema is not there: still 503, said once in the log.
+    deadline = time.monotonic() + 10
+    while not any("authsvc migrate" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, caplog.text
+        await asyncio.sleep(0.05)
+    await _assert_unavailable(client, "GET", "/readyz")
+    await _assert_unavailable(client, "POST", "/users", json={"email": "a@example.com", "password": PASSWORD})
+    assert sum("authsvc migrate" in r.getMessage() for r in caplog.records) == 1, caplog.text
+    conn = await asyncpg.connect(url)  # what an operator's `authsvc migrate` does
+    try:
+        await migrate.migrate(conn)
+    finally:
+        await conn.close()
+    await _ready_within(client, 5)
+    await signup(client, "a@example.com")
+
+
+async def test_a_hung_database_answers_503_within_the_bounds(running, start_app):
+    url = await running.create_database(migrated=True)
+    client = await start_app(url)
+    await signup(client, "a@example.com")
+    token = await login(client, "a@example.com")
+    frozen = running.processes()
+    for proc in frozen:
+        proc.suspend()  # SIGSTOP: connections stay open, nothing answers
+    try:
+        elapsed = [
+            await _assert_unavailable(client, "GET", "/users/me", headers=bearer(token)),
+            await _assert_unavailable(client, "POST", "/auth", json={"username": "a@example.com", "password": PASSWORD}),
+            await _assert_unavailable(client, "POST", "/users", json={"email": "b@example.com", "password": PASSWORD}),
+        ]
+        await _assert_unavailable(client, "GET", "/readyz")
+    finally:
+        for proc in frozen:
+            proc.resume()
+    assert max(elapsed) < BOUND, elapsed
+    await _ready_within(client, 10)
+    assert (await client.get("/users/me", headers=bearer(token))).status == 200
+    # The login that got 503 neither counted as a failure nor left the pair held.
+    assert await login(client, "a@example.com")
+
+
+async def test_restart_under_load_loses_nothing_and_counts_no_failures(running, start_app):
+    url = await running.create_database(migrated=True)
+    client = await start_app(url)
+    workers = 6
+    accounts = [f"user{i}@example.com" for i in range(workers)]
+    tokens = []
+    for email in accounts:
+        await signup(client, email)
+        tokens.append(await login(client, email))
+    emails = (f"new{n}@example.com" for n in itertools.count())
+    results: list[tuple[str, int, Any]] = []
+    stop_load = asyncio.Event()
+
+    async def worker(i: int) -> None:
+        # One account per worker: its logins never overlap, so a 429 could only come from a
+        # claim the outage left held.
+        for step in itertools.count():
+            if stop_load.is_set():
+                return
+            kind = ("signup", "login", "todo")[(step + i) % 3]
+            if kind == "signup":
+                email = next(emails)
+                resp, _ = await _timed(client.post("/users", json={"email": email, "password": PASSWORD}))
+                results.append((kind, resp.status, email))
+            elif kind == "login":
+                resp, _ = await _timed(client.post("/auth", json={"username": accounts[i], "password": PASSWORD}))
+                body = await resp.json()
+                results.append((kind, resp.status, body.get("access_token")))
+            else:
+                text = f"todo {i}-{step}"
+                resp, _ = await _timed(client.post("/todos", json={"text": text}, headers=bearer(tokens[i])))
+                body = await resp.json()
+                results.append((kind, resp.status, (body.get("id"), text)))
+            assert resp.status < 500 or resp.status == 503, (kind, resp.status, await resp.text())
+
+    async def crash_and_restart() -> None:
+        await asyncio.sleep(0.4)
+        await asyncio.to_thread(running.stop, "immediate")
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(running.start)
+        await _ready_within(client, 10)
+        await asyncio.sleep(0.5)  # some load after the recovery
+        stop_load.set()
+
+    await asyncio.gather(crash_and_restart(), *(worker(i) for i in range(workers)))
+
+    statuses = collections.Counter((kind, status) for kind, status, _ in results)
+    allowed = {("signup", 201), ("signup", 503), ("login", 200), ("login", 503), ("todo", 201), ("todo", 503)}
+    assert set(statuses) <= allowed, statuses
+    assert sum(n for (_, s), n in statuses.items() if s == 503) > 0, statuses  # the outage was seen
+    assert all(statuses[k] > 0 for k in (("signup", 201), ("login", 200), ("todo", 201))), statuses
+
+    conn = await asyncpg.connect(url)
+    try:
+        # Every write that was answered 2xx is there.
+        created = [email for kind, status, email in results if kind == "signup" and status == 201]
+        found = await conn.fetch("SELECT email, password_hash FROM users WHERE email = any($1::text[])", created)
+        assert sorted(r["email"] for r in found) == sorted(created)
+        todos = [t for kind, status, t in results if kind == "todo" and status == 201]
+        rows = {r["id"]: r["text"] for r in await conn.fetch("SELECT id, text FROM todos")}
+        assert all(rows.get(todo_id) == text for todo_id, text in todos), (todos, rows)
+        sids = [jwt.decode(t, options={"verify_signature": False})["sid"] for k, s, t in results if k == "login" and s == 200]
+        live = await conn.fetchval("SELECT count(*) FROM sessions WHERE id = any($1::uuid[])", sids)
+        assert live == len(sids)
+        # Nothing half-written: no user without a password hash, no session without its refresh token.
+        assert await conn.fetchval("SELECT count(*) FROM users WHERE password_hash IS NULL OR password_hash = ''") == 0
+        orphans = "SELECT count(*) FROM sessions s WHERE NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.session_id = s.id)"
+        assert await conn.fetchval(orphans) == 0
+        # Only right passwords were sent: the outage counted no failure for anyone.
+        outcomes = {r["outcome"] for r in await conn.fetch("SELECT DISTINCT outcome FROM auth_events")}
+        assert "failure" not in outcomes, outcomes
+        assert await conn.fetchval("SELECT count(*) FROM login_backoff WHERE failures > 0") == 0
+        # Claims the outage interrupted are given back once the database is back, not left held.
+        deadline = time.monotonic() + 5
+        while await conn.fetchval("SELECT count(*) FROM login_backoff WHERE held_until > now()"):
+            assert time.monotonic() < deadline, "a login claim stayed held after the outage"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+    for email in accounts:
+        assert await login(client, email)  # 200 at once: no 429
