@@ -201,7 +201,7 @@ async def prepare_schema(conn: asyncpg.Connection, apply: bool) -> None:
     todo = await migrate.pending(conn)
     if todo:
         raise migrate.MigrationError(
-            f"{len(todo)} migration(s) pending and AUTHSVC_MIGRATE_ON_START is off: run `authsvc migrate`"
+            f"{len(todo)} migration(s) pending: run `authsvc migrate` first"
         )
 
 

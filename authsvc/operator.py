@@ -44,7 +44,7 @@ async def _pool(settings: Settings) -> AsyncIterator[db.Database]:
     """The service's own database object (same timeouts), refusing a schema that is behind."""
     database = db.Database(settings.replace(db_pool_min=1, db_pool_max=1, migrate_on_start=False))
     try:
-        await database.open()  # raises MigrationError when migrations are pending
+        await database.open()  # MigrationError (exit 1) when migrations are pending
         yield database
     finally:
         await database.close()

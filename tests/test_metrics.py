@@ -100,7 +100,8 @@ async def test_login_outcomes_are_counted_exactly(make_client):
 
 async def test_pool_gauges_follow_the_pool(client, app, settings):
     samples = await scrape(client)
-    pool = app[POOL]
+    pool = app[POOL].pool
+    assert pool is not None
     idle = value(samples, "authsvc_db_pool_connections", state="idle")
     in_use = value(samples, "authsvc_db_pool_connections", state="in_use")
     assert idle + in_use == pool.get_size() >= 1
