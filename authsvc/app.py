@@ -10,14 +10,15 @@ from aiohttp import web
 
 from .config import Settings
 from .db import pool_ctx
-from .keys import HASHER, SETTINGS, TOKENS
+from .keys import HASHER, OPENAPI, SETTINGS, TOKENS
 from .middlewares import bearer_auth, errors_to_json, security_headers
 from .keyring import KeyRing
+from .openapi import document_bytes
 from .passwords import PasswordHasher
 from .sessions import sessions_ctx
 from .throttle import throttle_ctx
 from .tokens import TokenService
-from .views import auth, health, todos, users, wellknown
+from .views import auth, health, openapi, todos, users, wellknown
 
 
 async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -74,8 +75,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(throttle_ctx)
     app.cleanup_ctx.append(sessions_ctx)
-    for module in (health, wellknown, auth, users, todos):
+    for module in (health, wellknown, openapi, auth, users, todos):
         app.add_routes(module.routes)
+    app[OPENAPI] = document_bytes(app, settings.public_url)
     _setup_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers)
     return app

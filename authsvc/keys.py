@@ -20,6 +20,7 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 HASHER = web.AppKey("hasher", "PasswordHasher")
 TOKENS = web.AppKey("tokens", "TokenService")
 THROTTLE = web.AppKey("throttle", "LoginThrottle")
+OPENAPI = web.AppKey("openapi", bytes)  # the document, as served
 
 # Set by the bearer middleware on protected routes.
 CURRENT_USER = web.RequestKey("current_user", "User")
