@@ -303,6 +303,15 @@ def _schema_name(schema: type[Schema] | Schema) -> str:
     return cls.__name__.removesuffix("Schema")
 
 
+def _request_schemas() -> list[type[Schema]]:
+    found: list[type[Schema]] = []
+    for op in OPERATIONS.values():
+        for cls in (op.json, op.query, *op.form):
+            if cls is not None and cls not in found:
+                found.append(cls)
+    return found
+
+
 def routes_of(app: web.Application) -> set[tuple[str, str]]:
     """(method, path) of every route the app registers, HEAD and OPTIONS aside."""
     found = set()
@@ -340,8 +349,12 @@ def build(routes: Iterable[tuple[str, str]], server_url: str) -> dict[str, Any]:
         BASIC,
         {"type": "http", "scheme": "basic", "description": "A client of AUTHSVC_INTROSPECTION_CLIENTS."},
     )
-    # Rules a schema states in code (e.g. LoginSchema's one identifier) go in first.
-    spec.components.schema(_schema_name(LoginSchema), LoginSchema.json_schema_extra, schema=LoginSchema)
+    # What a schema states in code rather than in fields (LoginSchema's one identifier, the
+    # forms' extra parameters) it gives as `json_schema_extra`; those go in first.
+    for cls in _request_schemas():
+        extra = getattr(cls, "json_schema_extra", None)
+        if extra is not None:
+            spec.components.schema(_schema_name(cls), extra, schema=cls)
     for name, response in RESPONSES.items():
         spec.components.response(name, _response_component(ErrorSchema, response))
 

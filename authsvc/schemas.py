@@ -96,7 +96,7 @@ class LoginSchema(Base):
     password = Text(required=True, validate=validate.Length(1, PASSWORD_MAX))
 
     # The rule below, for the OpenAPI document (authsvc/openapi.py adds it to this schema).
-    json_schema_extra = {"oneOf": [{"required": ["username"]}, {"required": ["email"]}]}
+    json_schema_extra: dict[str, Any] = {"oneOf": [{"required": ["username"]}, {"required": ["email"]}]}
 
     @validates_schema
     def one_identifier(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -109,6 +109,10 @@ class Form(Base):
 
     class Meta:
         unknown = "exclude"  # RFC 6749 3.2: unrecognised parameters are ignored
+
+    # For the OpenAPI document: other parameters are ignored, but each is one string (a
+    # parameter given twice is invalid_request).
+    json_schema_extra: dict[str, Any] = {"additionalProperties": {"type": "string"}}
 
 
 def form_token() -> Text:
