@@ -77,7 +77,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(sessions_ctx)
     for module in (health, wellknown, openapi, auth, users, todos):
         app.add_routes(module.routes)
-    app[OPENAPI] = document_bytes(app, settings.public_url)
+    app[OPENAPI] = document_bytes(app, settings)
     _setup_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers)
     return app

@@ -22,8 +22,10 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 from . import __version__
+from .config import Settings
 from .ids import MAX_ID
 from .schemas import (
+    Email,
     ErrorSchema,
     IntrospectionSchema,
     JwksSchema,
@@ -118,8 +120,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("POST", "/auth/introspect"): Operation(
         "Token introspection (RFC 7662) for services", "auth", IntrospectionSchema,
-        form=(TokenFormSchema,), auth=BASIC, errors=(404,), ok_headers=("Cache-Control",),
-        description="404 unless AUTHSVC_INTROSPECTION_CLIENTS names at least one client.",
+        form=(TokenFormSchema,), auth=BASIC, ok_headers=("Cache-Control",),
+        description="Only when AUTHSVC_INTROSPECTION_CLIENTS names a client; otherwise 404.",
     ),
     ("POST", "/auth/revoke"): Operation(
         "Revoke a refresh or access token (RFC 7009)", "auth", form=(TokenFormSchema,), auth=None,
@@ -146,7 +148,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", TODO_PATH): Operation("One todo", "todos", TodoSchema, errors=(404,)),
     ("PUT", TODO_PATH): Operation("Replace a todo", "todos", TodoSchema, json=TodoPutSchema, errors=(404,)),
-    ("PATCH", TODO_PATH): Operation("Change some fields of a todo", "todos", TodoSchema, json=TodoPatchSchema, errors=(404,)),
+    ("PATCH", TODO_PATH): Operation(
+        "Change some fields of a todo", "todos", TodoSchema, json=TodoPatchSchema, errors=(404,)
+    ),
     ("DELETE", TODO_PATH): Operation("Delete a todo", "todos", ok=204, errors=(404,)),
 }
 
@@ -293,7 +297,21 @@ def _operation_id(method: str, path: str) -> str:
     return "_".join([method.lower(), *words])
 
 
-def _no_nul(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+# marshmallow.validate.Email's rule (its dot-atom form; quoted local parts and address
+# literals are accepted too but left out here). It replaces "format: email", whose checkers
+# disagree with marshmallow both ways: they allow "a@b.c" and refuse some Unicode domains.
+_LETTER = "A-Za-z0-9\\u00a1-\\uffff"
+EMAIL_PATTERN = (
+    r"^[-!#$%&'*+/=?^`{}|~\w]+(?:\.[-!#$%&'*+/=?^`{}|~\w]+)*"
+    rf"@(?:localhost|(?:[{_LETTER}](?:[{_LETTER}-]{{0,61}}[{_LETTER}])?\.)+"
+    rf"(?:[A-Za-z\u00a1-\uffff]{{2,6}}|[{_LETTER}-]{{2,}}))$"
+)
+
+
+def _text_pattern(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+    if isinstance(field, Email):
+        kwargs["ret"].pop("format", None)
+        return {"pattern": EMAIL_PATTERN, "description": "An email address."}
     # Text refuses NUL characters (PostgreSQL cannot store them): say so to clients and fuzzers.
     return {"pattern": "^[^\\u0000]*$"} if isinstance(field, Text) else {}
 
@@ -341,7 +359,7 @@ def build(routes: Iterable[tuple[str, str]], server_url: str) -> dict[str, Any]:
         servers=[{"url": server_url}],
     )
     assert plugin.converter is not None
-    plugin.converter.add_attribute_function(_no_nul)
+    plugin.converter.add_attribute_function(_text_pattern)
     spec.components.security_scheme(
         BEARER, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "An access token."}
     )
@@ -365,9 +383,17 @@ def build(routes: Iterable[tuple[str, str]], server_url: str) -> dict[str, Any]:
     return spec.to_dict()
 
 
-def document_bytes(app: web.Application, server_url: str) -> bytes:
+INTROSPECTION = ("POST", "/auth/introspect")
+
+
+def document_bytes(app: web.Application, settings: Settings) -> bytes:
     """The served document; apps with the same routes and URL share one (tests make many apps)."""
-    return _document_bytes(frozenset(routes_of(app)), server_url)
+    routes = routes_of(app)
+    if not settings.introspection_clients:
+        # Without clients it answers 404 to everyone, like a path that does not exist; the
+        # metadata document leaves out its introspection_endpoint too.
+        routes.discard(INTROSPECTION)
+    return _document_bytes(frozenset(routes), settings.public_url)
 
 
 @functools.lru_cache(maxsize=8)

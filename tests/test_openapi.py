@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import schemathesis
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from marshmallow import ValidationError, validate
 
 from authsvc import openapi
 from authsvc.app import create_app
 from authsvc.keys import SETTINGS
+from authsvc.schemas import SignupSchema
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 
@@ -86,7 +92,8 @@ def test_request_schemas_are_the_validating_ones(app: web.Application) -> None:
         assert set(doc["components"]["schemas"][name]["properties"]) == set(schema.fields)
 
 
-async def test_served_document(client) -> None:
+async def test_served_document(make_client) -> None:
+    client = await make_client(introspection_clients=(("svc", "a-long-enough-service-secret"),))
     resp = await client.get("/openapi.json")
     assert resp.status == 200
     assert resp.content_type == "application/json"
@@ -94,3 +101,27 @@ async def test_served_document(client) -> None:
     doc = await resp.json()
     assert documented(doc) == openapi.routes_of(client.app)
     assert doc["servers"] == [{"url": client.app[SETTINGS].public_url}]
+
+
+async def test_introspection_is_documented_only_when_enabled(client) -> None:
+    """Without clients /auth/introspect answers 404 to all, so the served document omits it."""
+    doc = await (await client.get("/openapi.json")).json()
+    assert documented(doc) == openapi.routes_of(client.app) - {openapi.INTROSPECTION}
+    assert (await client.post("/auth/introspect", data={"token": "x"})).status == 404
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.from_regex(openapi.EMAIL_PATTERN, fullmatch=True).filter(lambda s: len(s) <= 254))
+def test_documented_emails_are_accepted(email: str) -> None:
+    """What the document calls an email, the signup schema takes."""
+    assert SignupSchema().load({"email": email, "password": "long enough password"})["email"] == email
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.emails())
+def test_accepted_emails_are_documented(email: str) -> None:
+    try:
+        validate.Email()(email)
+    except ValidationError:
+        return
+    assert re.fullmatch(openapi.EMAIL_PATTERN, email)
