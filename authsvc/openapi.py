@@ -164,10 +164,6 @@ RESPONSES: dict[str, dict[str, Any]] = {
         "description": "RFC 6749 5.2: invalid_request, invalid_grant or unsupported_grant_type.",
         "schema": OAuthErrorSchema,
     },
-    "RefreshRefused": {
-        "description": "invalid_grant: the refresh token is invalid, expired or revoked.",
-        "schema": OAuthErrorSchema,
-    },
     "Unauthorized": {
         "description": "unauthorized (no bearer token) or invalid_token.",
         "headers": {"WWW-Authenticate": 'Bearer realm="authsvc"[, error="invalid_token"]'},
@@ -221,7 +217,6 @@ def _error_statuses(op: Operation) -> dict[int, str]:
     if op.database:
         out[503] = "Unavailable"
     special = {
-        400: "RefreshRefused",
         401: "InvalidCredentials",
         403: "Forbidden",
         404: "NotFound",
@@ -229,9 +224,8 @@ def _error_statuses(op: Operation) -> dict[int, str]:
         429: "TooManyAttempts",
     }
     for status in op.errors:
-        if status == 400 and op.json is not None:
-            continue  # kept below: both shapes can come back
-        out[status] = special[status]
+        if status != 400:  # a 400 of its own is written out in _operation
+            out[status] = special[status]
     return dict(sorted(out.items()))
 
 
@@ -283,7 +277,7 @@ def _operation(method: str, path: str, op: Operation) -> dict[str, Any]:
     for status, name in _error_statuses(op).items():
         responses[str(status)] = {"$ref": f"#/components/responses/{name}"}
     if 400 in op.errors and op.json is not None:
-        # A JSON body that cannot be read is an ErrorSchema; a refused refresh token, RFC 6749's shape.
+        # /auth/refresh: an unreadable body is an ErrorSchema, a refused refresh token RFC 6749 5.2.
         responses["400"] = {
             "description": "invalid_json or invalid_body; or invalid_grant for a refresh token not usable.",
             "content": {JSON: {"schema": {"oneOf": [ErrorSchema, OAuthErrorSchema]}}},

@@ -110,14 +110,14 @@ async def test_introspection_is_documented_only_when_enabled(client) -> None:
     assert (await client.post("/auth/introspect", data={"token": "x"})).status == 404
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(st.from_regex(openapi.EMAIL_PATTERN, fullmatch=True).filter(lambda s: len(s) <= 254))
 def test_documented_emails_are_accepted(email: str) -> None:
     """What the document calls an email, the signup schema takes."""
     assert SignupSchema().load({"email": email, "password": "long enough password"})["email"] == email
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(st.emails())
 def test_accepted_emails_are_documented(email: str) -> None:
     try:
