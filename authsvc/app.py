@@ -10,17 +10,18 @@ from aiohttp import web
 
 from .config import Settings
 from .db import pool_ctx
-from .keys import HASHER, METRICS, SETTINGS, TOKENS
+from .keys import HASHER, METRICS, OPENAPI, SETTINGS, TOKENS
 from .middlewares import bearer_auth, errors_to_json, security_headers
 from .keyring import KeyRing
 from .logs import quiet_malformed_requests
 from .metrics import Metrics, metrics_ctx
 from .observe import echo_request_id, observe
+from .openapi import document_bytes
 from .passwords import PasswordHasher
 from .sessions import sessions_ctx
 from .throttle import throttle_ctx
 from .tokens import TokenService
-from .views import auth, health, metrics, todos, users, wellknown
+from .views import auth, health, metrics, openapi, todos, users, wellknown
 
 # Header limits, checked by aiohttp's parser before any of our code runs (400 past them).
 # A request line or one header of 8 KiB is far more than any route or bearer token needs
@@ -97,8 +98,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(throttle_ctx)
     app.cleanup_ctx.append(sessions_ctx)
     app.cleanup_ctx.append(metrics_ctx)
-    for module in (health, wellknown, auth, users, todos, metrics):
+    for module in (health, wellknown, openapi, auth, users, todos, metrics):
         app.add_routes(module.routes)
+    app[OPENAPI] = document_bytes(app, settings)
     _setup_cors(app, settings.cors_origins)
     app.on_response_prepare.append(security_headers)
     app.on_response_prepare.append(echo_request_id)

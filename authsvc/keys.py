@@ -22,6 +22,7 @@ HASHER = web.AppKey("hasher", "PasswordHasher")
 TOKENS = web.AppKey("tokens", "TokenService")
 THROTTLE = web.AppKey("throttle", "LoginThrottle")
 METRICS = web.AppKey("metrics", "Metrics")
+OPENAPI = web.AppKey("openapi", bytes)  # the document, as served
 
 # Set by the bearer middleware on protected routes.
 CURRENT_USER = web.RequestKey("current_user", "User")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024  # characters; keeps refusing an absurd password cheaper than hashing it
@@ -73,13 +73,16 @@ class PasswordChangeSchema(Base):
     new_password = password()
 
 
+# Answers: `required` here is for the OpenAPI document (every answer has every field).
+
+
 class UserSchema(Schema):
-    id = fields.Integer()
-    email = fields.String()
-    first_name = fields.String(allow_none=True)
-    last_name = fields.String(allow_none=True)
-    created_at = fields.AwareDateTime()
-    updated_at = fields.AwareDateTime()
+    id = fields.Integer(required=True)
+    email = fields.String(required=True)
+    first_name = fields.String(required=True, allow_none=True)
+    last_name = fields.String(required=True, allow_none=True)
+    created_at = fields.AwareDateTime(required=True)
+    updated_at = fields.AwareDateTime(required=True)
 
 
 # --- login ---
@@ -92,23 +95,54 @@ class LoginSchema(Base):
     email = Text(validate=validate.Length(1, 254))
     password = Text(required=True, validate=validate.Length(1, PASSWORD_MAX))
 
+    # The rule below, for the OpenAPI document (authsvc/openapi.py adds it to this schema).
+    json_schema_extra: dict[str, Any] = {"oneOf": [{"required": ["username"]}, {"required": ["email"]}]}
+
     @validates_schema
     def one_identifier(self, data: dict[str, Any], **kwargs: Any) -> None:
         if ("username" in data) == ("email" in data):
             raise ValidationError("Give exactly one of username or email.", "username")
 
 
-class TokenGrantSchema(Base):
-    """The form of RFC 6749 section 4.3; client_id and scope are accepted and ignored."""
+class Form(Base):
+    """Parameters of an OAuth form body."""
 
     class Meta:
         unknown = "exclude"  # RFC 6749 3.2: unrecognised parameters are ignored
 
-    grant_type = Text(required=True)
+    # For the OpenAPI document: other parameters are ignored, but each is one string (a
+    # parameter given twice is invalid_request).
+    json_schema_extra: dict[str, Any] = {"additionalProperties": {"type": "string"}}
+
+
+def form_token() -> Text:
+    return Text(required=True, validate=validate.Length(1, 1024))
+
+
+class TokenGrantSchema(Form):
+    """The form of RFC 6749 section 4.3; client_id and scope are accepted and ignored."""
+
+    grant_type = Text(required=True, validate=validate.Equal("password"))
     username = Text(required=True, validate=validate.Length(1, 254))
     password = Text(required=True, validate=validate.Length(1, PASSWORD_MAX))
     scope = Text()
     client_id = Text()
+
+
+class RefreshGrantSchema(Form):
+    """The form of RFC 6749 section 6."""
+
+    grant_type = Text(required=True, validate=validate.Equal("refresh_token"))
+    refresh_token = form_token()
+    scope = Text()
+    client_id = Text()
+
+
+class TokenFormSchema(Form):
+    """The form of RFC 7009 revocation and RFC 7662 introspection."""
+
+    token = form_token()
+    token_type_hint = Text()
 
 
 class RefreshSchema(Base):
@@ -121,10 +155,27 @@ class LogoutQuery(Base):
 
 
 class TokenSchema(Schema):
-    access_token = fields.String()
-    token_type = fields.String()
-    expires_in = fields.Integer()
-    refresh_token = fields.String()
+    access_token = fields.String(required=True)
+    token_type = fields.String(required=True, validate=validate.Equal("bearer"))
+    expires_in = fields.Integer(required=True)
+    refresh_token = fields.String(required=True)
+
+
+class IntrospectionSchema(Schema):
+    """RFC 7662 2.2: only `active` when the token is not usable; its claims when it is."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    active = fields.Boolean(required=True)
+    token_type = fields.String(validate=validate.OneOf(["access_token", "refresh_token"]))
+    sub = fields.String()
+    sid = fields.String()
+    exp = fields.Integer()
+    iat = fields.Integer()
+    iss = fields.String()
+    aud = fields.String()
+    jti = fields.String()
 
 
 # --- todos ---
@@ -165,11 +216,11 @@ class TodoListQuery(Base):
 
 
 class TodoSchema(Schema):
-    id = fields.Integer()
-    text = fields.String()
-    completed = fields.Boolean()
-    created_at = fields.AwareDateTime()
-    updated_at = fields.AwareDateTime()
+    id = fields.Integer(required=True)
+    text = fields.String(required=True)
+    completed = fields.Boolean(required=True)
+    created_at = fields.AwareDateTime(required=True)
+    updated_at = fields.AwareDateTime(required=True)
 
 
 # The answers are built by hand below: marshmallow's dump took 200 us for a page of 20 todos,
@@ -198,7 +249,57 @@ def todo_json(todo: Any) -> dict[str, Any]:
     }
 
 
+# --- errors and service documents ---
+
+
 class ErrorSchema(Schema):
     error = fields.String(required=True)
     message = fields.String(required=True)
-    details = fields.Dict()
+    details = fields.Dict()  # field name -> messages, on validation_failed
+
+
+class OAuthErrorSchema(Schema):
+    """RFC 6749 5.2, with `message` as in every other error."""
+
+    error = fields.String(
+        required=True,
+        validate=validate.OneOf(["invalid_request", "invalid_grant", "unsupported_grant_type"]),
+    )
+    error_description = fields.String(required=True)
+    message = fields.String(required=True)
+
+
+class StatusSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "ready"]))
+
+
+class JwkSchema(Schema):
+    """A public key (RFC 7517); the members besides these depend on the key type."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    kty = fields.String(required=True)
+    kid = fields.String(required=True)
+    alg = fields.String(required=True)
+    use = fields.String(required=True, validate=validate.Equal("sig"))
+
+
+class JwksSchema(Schema):
+    keys = fields.List(fields.Nested(JwkSchema), required=True)
+
+
+class MetadataSchema(Schema):
+    """RFC 8414 authorization server metadata; introspection_* only when it is enabled."""
+
+    issuer = fields.String(required=True)
+    jwks_uri = fields.String(required=True)
+    token_endpoint = fields.String(required=True)
+    revocation_endpoint = fields.String(required=True)
+    grant_types_supported = fields.List(fields.String(), required=True)
+    token_endpoint_auth_methods_supported = fields.List(fields.String(), required=True)
+    id_token_signing_alg_values_supported = fields.List(fields.String(), required=True)
+    access_token_signing_alg_values_supported = fields.List(fields.String(), required=True)
+    audience = fields.String(required=True)
+    introspection_endpoint = fields.String()
+    introspection_endpoint_auth_methods_supported = fields.List(fields.String())

@@ -15,7 +15,15 @@ from ..credentials import authenticate
 from ..errors import ApiError, InvalidBody, InvalidCredentials, NotFound, OAuthError, RequestTimeout
 from ..keys import CURRENT_SESSION, CURRENT_USER, SETTINGS
 from ..middlewares import public
-from ..schemas import LoginSchema, LogoutQuery, RefreshSchema, TokenGrantSchema
+from ..schemas import (
+    Form,
+    LoginSchema,
+    LogoutQuery,
+    RefreshGrantSchema,
+    RefreshSchema,
+    TokenFormSchema,
+    TokenGrantSchema,
+)
 from .common import client_address
 
 routes = web.RouteTableDef()
@@ -26,6 +34,8 @@ FORM = "application/x-www-form-urlencoded"
 
 login_schema = LoginSchema()
 grant_schema = TokenGrantSchema()
+refresh_grant_schema = RefreshGrantSchema()
+token_form_schema = TokenFormSchema()
 refresh_schema = RefreshSchema()
 logout_query = LogoutQuery()
 
@@ -68,11 +78,12 @@ async def _read_form(request: web.Request) -> dict[str, str]:
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
-def _required(form: dict[str, str], name: str) -> str:
-    value = form.get(name)
-    if not value or "\x00" in value or len(value) > 1024:
-        raise OAuthError("invalid_request", f"{name} is missing or not valid.")
-    return value
+def _load_form(schema: Form, form: dict[str, str]) -> dict[str, str]:
+    try:
+        return schema.load(form)
+    except ValidationError as exc:
+        field = sorted(exc.normalized_messages())[0]
+        raise OAuthError("invalid_request", f"{field} is missing or not valid.") from None
 
 
 @routes.post("/auth/token")
@@ -84,14 +95,11 @@ async def token(request: web.Request) -> web.Response:
     if not grant_type:
         raise OAuthError("invalid_request", "grant_type is required.")
     if grant_type == "refresh_token":
-        return _tokens(await sessions.refresh(request.app, _required(form, "refresh_token")))
+        refresh_token = _load_form(refresh_grant_schema, form)["refresh_token"]
+        return _tokens(await sessions.refresh(request.app, refresh_token))
     if grant_type != "password" or not request.app[SETTINGS].password_grant:
         raise OAuthError("unsupported_grant_type", f"grant_type={grant_type} is not supported here.")
-    try:
-        data = grant_schema.load(form)
-    except ValidationError as exc:
-        field = sorted(exc.normalized_messages())[0]
-        raise OAuthError("invalid_request", f"{field} is missing or not valid.") from None
+    data = _load_form(grant_schema, form)
     try:
         user = await authenticate(request.app, data["username"], data["password"], client_address(request))
     except InvalidCredentials:
@@ -145,7 +153,8 @@ async def introspect(request: web.Request) -> web.Response:
         raise NotFound()
     _check_service_credential(request)
     form = await _read_form(request)
-    return web.json_response(await sessions.introspect(request.app, _required(form, "token")), headers=TOKEN_HEADERS)
+    token = _load_form(token_form_schema, form)["token"]
+    return web.json_response(await sessions.introspect(request.app, token), headers=TOKEN_HEADERS)
 
 
 @routes.post("/auth/revoke")
@@ -153,5 +162,5 @@ async def introspect(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     """RFC 7009: 200 whether or not the token was known."""
     form = await _read_form(request)
-    await sessions.revoke_token(request.app, _required(form, "token"))
+    await sessions.revoke_token(request.app, _load_form(token_form_schema, form)["token"])
     return web.Response(status=200, headers=TOKEN_HEADERS)

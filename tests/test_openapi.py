@@ -1,0 +1,127 @@
+"""The OpenAPI document: every route described, every description a route, served as built."""
+
+from __future__ import annotations
+
+import re
+
+import schemathesis
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from marshmallow import ValidationError, validate
+
+from authsvc import openapi
+from authsvc.app import create_app
+from authsvc.keys import SETTINGS
+from authsvc.schemas import SignupSchema
+
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+
+
+def documented(doc: dict) -> set[tuple[str, str]]:
+    return {(m.upper(), path) for path, item in doc["paths"].items() for m in item if m in METHODS}
+
+
+def test_every_route_has_a_description(app: web.Application) -> None:
+    missing = openapi.routes_of(app) - set(openapi.OPERATIONS)
+    assert not missing, f"routes without a row in authsvc/openapi.py OPERATIONS: {sorted(missing)}"
+
+
+def test_every_description_is_a_route(app: web.Application) -> None:
+    stale = set(openapi.OPERATIONS) - openapi.routes_of(app)
+    assert not stale, f"rows in OPERATIONS for routes the app does not have: {sorted(stale)}"
+
+
+def test_document_names_exactly_the_routes(app: web.Application) -> None:
+    doc = openapi.build(openapi.routes_of(app), "http://127.0.0.1:8080")
+    assert documented(doc) == openapi.routes_of(app)
+
+
+def test_cors_preflights_are_not_operations(settings) -> None:
+    app = create_app(settings.replace(cors_origins=("https://app.example",)))
+    assert any(route.method == "OPTIONS" for route in app.router.routes())
+    assert openapi.routes_of(app) == set(openapi.OPERATIONS)
+
+
+def test_document_is_valid_openapi(app: web.Application) -> None:
+    doc = openapi.build(openapi.routes_of(app), "http://127.0.0.1:8080")
+    assert doc["openapi"].startswith("3.1")
+    # Schemathesis refuses a document that breaks the OpenAPI 3.1 meta-schema.
+    schema = schemathesis.openapi.from_dict(doc)
+    schema.validate()
+    labels = {op.ok().label for op in schema.get_all_operations()}
+    assert len(labels) == len(openapi.OPERATIONS)
+
+
+def test_bearer_scheme_on_protected_operations_only(app: web.Application) -> None:
+    doc = openapi.build(openapi.routes_of(app), "http://127.0.0.1:8080")
+    assert doc["components"]["securitySchemes"][openapi.BEARER] == {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "An access token.",
+    }
+    for route in app.router.routes():
+        if route.method in openapi.IMPLICIT_METHODS:
+            continue
+        op = doc["paths"][route.resource.canonical][route.method.lower()]
+        if getattr(route.handler, "authsvc_public", False):
+            assert op["security"] in ([], [{openapi.BASIC: []}]), route
+            assert "401" not in op["responses"] or route.resource.canonical in ("/auth", "/auth/introspect")
+        else:
+            assert op["security"] == [{openapi.BEARER: []}], route
+            assert op["responses"]["401"] == {"$ref": "#/components/responses/Unauthorized"}
+
+
+def test_request_schemas_are_the_validating_ones(app: web.Application) -> None:
+    """The documented bodies come from the very schemas the views load."""
+    from authsvc.views import auth, todos, users
+
+    doc = openapi.build(openapi.routes_of(app), "http://127.0.0.1:8080")
+    bodies = {
+        ("POST", "/users"): users.signup_schema,
+        ("PATCH", "/users/me"): users.patch_schema,
+        ("POST", "/users/me/password"): users.password_schema,
+        ("POST", "/auth"): auth.login_schema,
+        ("POST", "/auth/refresh"): auth.refresh_schema,
+        ("POST", "/todos"): todos.create_schema,
+        ("PUT", "/todos/{id}"): todos.put_schema,
+        ("PATCH", "/todos/{id}"): todos.patch_schema,
+    }
+    for (method, path), schema in bodies.items():
+        body = doc["paths"][path][method.lower()]["requestBody"]["content"]["application/json"]["schema"]
+        name = type(schema).__name__.removesuffix("Schema")
+        assert body == {"$ref": f"#/components/schemas/{name}"}
+        assert set(doc["components"]["schemas"][name]["properties"]) == set(schema.fields)
+
+
+async def test_served_document(make_client) -> None:
+    client = await make_client(introspection_clients=(("svc", "a-long-enough-service-secret"),))
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    assert "public" in resp.headers["Cache-Control"]
+    doc = await resp.json()
+    assert documented(doc) == openapi.routes_of(client.app)
+    assert doc["servers"] == [{"url": client.app[SETTINGS].public_url}]
+
+
+async def test_introspection_is_documented_only_when_enabled(client) -> None:
+    """Without clients /auth/introspect answers 404 to all, so the served document omits it."""
+    doc = await (await client.get("/openapi.json")).json()
+    assert documented(doc) == openapi.routes_of(client.app) - {openapi.INTROSPECTION}
+    assert (await client.post("/auth/introspect", data={"token": "x"})).status == 404
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.from_regex(openapi.EMAIL_PATTERN, fullmatch=True).filter(lambda s: len(s) <= 254))
+def test_documented_emails_are_accepted(email: str) -> None:
+    """What the document calls an email, the signup schema takes."""
+    assert SignupSchema().load({"email": email, "password": "long enough password"})["email"] == email
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.emails())
+def test_accepted_emails_are_documented(email: str) -> None:
+    try:
+        validate.Email()(email)
+    except ValidationError:
+        return
+    assert re.fullmatch(openapi.EMAIL_PATTERN, email)
