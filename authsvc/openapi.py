@@ -68,6 +68,7 @@ class Operation:
     summary: str
     tag: str
     answer: type[Schema] | dict[str, Any] | None = None  # the 2xx body; None: no body
+    media: str = JSON  # the 2xx body's media type
     ok: int = 200
     json: type[Schema] | None = None  # request body, application/json
     form: tuple[type[Schema], ...] = ()  # request body, form-encoded: one of these
@@ -96,6 +97,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", "/.well-known/oauth-authorization-server"): Operation(
         "Authorization server metadata (RFC 8414)", "service", MetadataSchema, auth=None, database=False
+    ),
+    ("GET", "/metrics"): Operation(
+        "Prometheus metrics of every worker", "service", {"type": "string"}, media="text/plain",
+        auth=None, database=False, errors=(404,),
+        description="The Prometheus text format (OpenMetrics when asked for). Only direct peers in "
+        "AUTHSVC_METRICS_NETWORKS get it; others get 404, as for a path that does not exist.",
     ),
     # --- auth ---
     ("POST", "/auth"): Operation(
@@ -270,7 +277,7 @@ def _operation(method: str, path: str, op: Operation) -> dict[str, Any]:
 
     ok: dict[str, Any] = {"description": op.summary}
     if op.answer is not None:
-        ok["content"] = {JSON: {"schema": op.answer}}
+        ok["content"] = {op.media: {"schema": op.answer}}
     if op.ok_headers:
         ok["headers"] = {name: _header(name) for name in op.ok_headers}
     responses: dict[str, Any] = {str(op.ok): ok}
