@@ -107,6 +107,10 @@ class InvalidCredentials(ApiError):
     code = "invalid_credentials"
     message = "The email or password is not correct."
 
+    def __init__(self, message: str | None = None) -> None:
+        # Every 401 carries a challenge (RFC 9110 15.5.2): what this service's routes accept.
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="authsvc"'})
+
 
 class Unauthorized(ApiError):
     status = 401

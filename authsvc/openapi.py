@@ -175,7 +175,10 @@ RESPONSES: dict[str, dict[str, Any]] = {
         "description": "unauthorized (no bearer token) or invalid_token.",
         "headers": {"WWW-Authenticate": 'Bearer realm="authsvc"[, error="invalid_token"]'},
     },
-    "InvalidCredentials": {"description": "invalid_credentials: the email or password is not correct."},
+    "InvalidCredentials": {
+        "description": "invalid_credentials: the email or password is not correct.",
+        "headers": {"WWW-Authenticate": 'Bearer realm="authsvc"'},
+    },
     "ClientUnauthorized": {
         "description": "invalid_client: no valid service credential.",
         "headers": {"WWW-Authenticate": 'Basic realm="authsvc"'},

@@ -225,6 +225,8 @@ async def test_wrong_password_and_unknown_user_look_the_same(client):
     assert wrong.status == unknown.status == 401
     assert await wrong.json() == await unknown.json()
     assert (await wrong.json())["error"] == "invalid_credentials"
+    # A 401 always carries a challenge (RFC 9110 15.5.2).
+    assert wrong.headers["WWW-Authenticate"] == unknown.headers["WWW-Authenticate"] == 'Bearer realm="authsvc"'
     # Same header names; Date, Content-Length and the per-request X-Request-ID values may differ.
     assert {h.lower() for h in wrong.headers} == {h.lower() for h in unknown.headers}
     skip = {"date", "content-length", "x-request-id"}
