@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import secrets
-import signal
-import socket
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -19,70 +10,7 @@ import pytest
 
 from authsvc import migrate
 from helpers import PASSWORD
-
-COMMAND = [sys.executable, "-m", "authsvc"]
-
-
-def _env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
-    env.update(settings)
-    return env
-
-
-def _run(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*COMMAND, *args], env=_env(**settings), capture_output=True, text=True, timeout=60)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Served:
-    base: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
-
-
-@asynccontextmanager
-async def serving(cwd: Path, **settings: str) -> AsyncIterator[Served]:
-    port = _free_port()
-    log = cwd / f"serve-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*COMMAND, "serve", "--port", str(port)], cwd=cwd, env=_env(**settings), stdout=out, stderr=out
-        )
-    served = Served(f"http://127.0.0.1:{port}", proc, log)
-    try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                if proc.poll() is not None:
-                    pytest.fail(f"authsvc exited early:\n{served.output}")
-                try:
-                    async with http.get(served.base + "/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                pytest.fail("authsvc did not become ready in 30 s")
-        yield served
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
+from servers import quick_settings, run_command, serving
 
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "authsvc"
@@ -94,7 +22,7 @@ def test_console_script_is_installed():
     [("AUTHSVC_PORT", "http"), ("AUTHSVC_BCRYPT_ROUNDS", "100"), ("AUTHSVC_CORS_ORIGINS", "*")],
 )
 def test_bad_setting_stops_start_with_one_line(var, value):
-    result = _run("serve", **{var: value})
+    result = run_command("serve", **{var: value})
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -103,11 +31,11 @@ def test_bad_setting_stops_start_with_one_line(var, value):
 
 
 def test_external_database_without_secrets_is_refused(database_url, tmp_path):
-    result = _run("serve", AUTHSVC_DATABASE_URL=database_url, AUTHSVC_DATA_DIR=str(tmp_path))
+    result = run_command("serve", AUTHSVC_DATABASE_URL=database_url, AUTHSVC_DATA_DIR=str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.startswith("authsvc: AUTHSVC_SIGNING_KEYS_FILE: no signing keys")
     assert "Traceback" not in result.stderr
-    hs256 = _run(
+    hs256 = run_command(
         "serve", AUTHSVC_DATABASE_URL=database_url, AUTHSVC_DATA_DIR=str(tmp_path), AUTHSVC_TOKEN_ALGORITHM="HS256"
     )
     assert hs256.returncode == 2
@@ -115,7 +43,7 @@ def test_external_database_without_secrets_is_refused(database_url, tmp_path):
 
 
 def test_unreachable_database_is_one_line(tmp_path):
-    result = _run(
+    result = run_command(
         "migrate",
         AUTHSVC_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
         AUTHSVC_DATA_DIR=str(tmp_path),
@@ -127,15 +55,15 @@ def test_unreachable_database_is_one_line(tmp_path):
 
 def test_migrate_command(databases):
     url = databases.create(migrated=False)
-    first = _run("migrate", AUTHSVC_DATABASE_URL=url)
+    first = run_command("migrate", AUTHSVC_DATABASE_URL=url)
     assert first.returncode == 0, first.stderr
     assert "0001_init" in first.stdout
-    again = _run("migrate", AUTHSVC_DATABASE_URL=url)
+    again = run_command("migrate", AUTHSVC_DATABASE_URL=url)
     assert again.returncode == 0 and "0 migration(s) applied" in again.stdout
 
 
 def test_secrets_init_creates_private_files(tmp_path):
-    result = _run("secrets", "init", AUTHSVC_DATA_DIR=str(tmp_path), AUTHSVC_DATABASE_URL="postgresql://x@db/y")
+    result = run_command("secrets", "init", AUTHSVC_DATA_DIR=str(tmp_path), AUTHSVC_DATABASE_URL="postgresql://x@db/y")
     assert result.returncode == 0, result.stderr
     pepper = tmp_path / "secrets" / "password_pepper"
     keys = tmp_path / "keys" / "signing-keys.json"
@@ -147,16 +75,16 @@ def test_secrets_init_creates_private_files(tmp_path):
 
 def test_keys_commands_rotate_and_prune(tmp_path):
     env = {"AUTHSVC_DATA_DIR": str(tmp_path)}
-    first = _run("keys", "generate", **env)
+    first = run_command("keys", "generate", **env)
     assert first.returncode == 0, first.stderr
-    second = _run("keys", "generate", **env)
-    rotated = _run("keys", "rotate", **env)
-    listing = _run("keys", "list", **env).stdout
+    second = run_command("keys", "generate", **env)
+    rotated = run_command("keys", "rotate", **env)
+    listing = run_command("keys", "list", **env).stdout
     assert listing.count("active") == 1 and listing.count("published") == 1 and listing.count("retired") == 1
     assert "PRIVATE KEY" not in first.stdout + second.stdout + rotated.stdout + listing
     # Nothing retired long enough ago yet: prune keeps every key.
-    assert "removed 0" in _run("keys", "prune", **env).stdout
-    bad = _run("keys", "activate", "no-such-kid", **env)
+    assert "removed 0" in run_command("keys", "prune", **env).stdout
+    bad = run_command("keys", "activate", "no-such-kid", **env)
     assert bad.returncode == 2 and bad.stderr.startswith("authsvc: no key no-such-kid")
 
 
@@ -175,14 +103,7 @@ def _children(pid: int) -> list[int]:
 
 async def test_serve_with_two_workers_shares_one_port_and_stops_cleanly(databases, tmp_path):
     url = databases.create(migrated=False)  # the parent migrates once, before the workers start
-    settings = {
-        "AUTHSVC_DATABASE_URL": url,
-        "AUTHSVC_TOKEN_ALGORITHM": "HS256",
-        "AUTHSVC_TOKEN_SECRET": secrets.token_urlsafe(48),
-        "AUTHSVC_PASSWORD_PEPPER": secrets.token_urlsafe(48),
-        "AUTHSVC_BCRYPT_ROUNDS": "4",
-        "AUTHSVC_WORKERS": "2",
-    }
+    settings = quick_settings(url, AUTHSVC_WORKERS="2")
     async with serving(tmp_path, **settings) as served, aiohttp.ClientSession() as http:
         workers = [pid for pid in _children(served.proc.pid) if "spawn" in Path(f"/proc/{pid}/cmdline").read_text()]
         assert len(workers) == 2, workers
@@ -202,13 +123,7 @@ async def test_serve_with_two_workers_shares_one_port_and_stops_cleanly(database
 
 async def test_serve_on_an_external_database(databases, tmp_path):
     url = databases.create(migrated=False)  # serve applies the migrations itself
-    settings = {
-        "AUTHSVC_DATABASE_URL": url,
-        "AUTHSVC_TOKEN_ALGORITHM": "HS256",  # a single-service set-up: no key file needed
-        "AUTHSVC_TOKEN_SECRET": secrets.token_urlsafe(48),
-        "AUTHSVC_PASSWORD_PEPPER": secrets.token_urlsafe(48),
-        "AUTHSVC_BCRYPT_ROUNDS": "4",
-    }
+    settings = quick_settings(url)
     async with serving(tmp_path, **settings) as served, aiohttp.ClientSession() as http:
         async with http.post(served.base + "/users", json={"email": "ext@example.com", "password": PASSWORD}) as resp:
             assert resp.status == 201

@@ -21,7 +21,7 @@ from authsvc import config, metrics
 from authsvc.config import PRIVATE_NETWORKS, ConfigError
 from authsvc.keys import HASHER, POOL
 from helpers import PASSWORD, assert_error, bearer, login, signup
-from test_cli import serving
+from servers import quick_settings, serving
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -204,15 +204,7 @@ def _worker_environ(pid: int) -> dict[str, str]:
 @pytest.mark.slow
 async def test_workers_show_one_sum_whichever_answers(databases, tmp_path):
     url = databases.create(migrated=False)
-    settings = {
-        "AUTHSVC_DATABASE_URL": url,
-        "AUTHSVC_TOKEN_ALGORITHM": "HS256",
-        "AUTHSVC_TOKEN_SECRET": secrets.token_urlsafe(48),
-        "AUTHSVC_PASSWORD_PEPPER": secrets.token_urlsafe(48),
-        "AUTHSVC_BCRYPT_ROUNDS": "4",
-        "AUTHSVC_WORKERS": "2",
-        "AUTHSVC_DB_POOL_MAX": "3",
-    }
+    settings = quick_settings(url, AUTHSVC_WORKERS="2", AUTHSVC_DB_POOL_MAX="3")
     count = 24
     # A new connection for every request, so the kernel spreads them over both workers.
     fresh = aiohttp.TCPConnector(force_close=True)

@@ -21,7 +21,7 @@ import pytest
 
 from authsvc.config import Settings
 from helpers import PASSWORD
-from test_cli import COMMAND, _env, _free_port
+from servers import COMMAND, free_port, server_env
 
 # The two instances believe X-Forwarded-For from loopback, as behind the compose proxy, so
 # one test can play several client addresses.
@@ -45,13 +45,13 @@ SETTINGS = {
 
 
 def _start(cwd: Path, name: str, settings: dict[str, str]) -> tuple[str, subprocess.Popen[bytes], Path]:
-    port = _free_port()
+    port = free_port()
     log = cwd / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*COMMAND, "serve", "--workers", "1", "--port", str(port)],
             cwd=cwd,
-            env=_env(**settings),
+            env=server_env(**settings),
             stdout=out,
             stderr=out,
         )

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from authsvc.config import Settings
-from test_cli import serving
+from servers import serving
 
 BACKOFF_MS = 2000
 SHUTDOWN_TIMEOUT = 10

@@ -1,0 +1,93 @@
+"""Real `authsvc` processes for the tests that need one: started, awaited, stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+COMMAND = [sys.executable, "-m", "authsvc"]
+
+
+def server_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
+    env.update(settings)
+    return env
+
+
+def run_command(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*COMMAND, *args], env=server_env(**settings), capture_output=True, text=True, timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    base: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@asynccontextmanager
+async def serving(cwd: Path, **settings: str) -> AsyncIterator[Served]:
+    port = free_port()
+    log = cwd / f"serve-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*COMMAND, "serve", "--port", str(port)], cwd=cwd, env=server_env(**settings), stdout=out, stderr=out
+        )
+    served = Served(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                if proc.poll() is not None:
+                    pytest.fail(f"authsvc exited early:\n{served.output}")
+                try:
+                    async with http.get(served.base + "/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("authsvc did not become ready in 30 s")
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def quick_settings(database_url: str, **extra: str) -> dict[str, str]:
+    """AUTHSVC_* variables for a throw-away server: HS256 (no key file), cheap bcrypt."""
+    return {
+        "AUTHSVC_DATABASE_URL": database_url,
+        "AUTHSVC_TOKEN_ALGORITHM": "HS256",
+        "AUTHSVC_TOKEN_SECRET": secrets.token_urlsafe(48),
+        "AUTHSVC_PASSWORD_PEPPER": secrets.token_urlsafe(48),
+        "AUTHSVC_BCRYPT_ROUNDS": "4",
+        **extra,
+    }
