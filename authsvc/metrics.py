@@ -96,6 +96,7 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=own,
         )
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         for outcome in LOGIN_OUTCOMES:  # present at zero from the start: rate() needs a baseline
             self.logins.labels(outcome)
         shared = multiprocess_dir()
@@ -107,8 +108,17 @@ class Metrics:
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         method = method if method in METHODS else "other"
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method, str(status)).observe(seconds)
+        # labels() takes a lock and builds a tuple per call; a request's children are few
+        # (routes x methods x statuses), so they are looked up once and kept.
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method, str(status)),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def login(self, outcome: str) -> None:
         self.logins.labels(outcome).inc()

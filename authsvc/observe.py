@@ -64,27 +64,32 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         seconds = time.perf_counter() - started
         route = route_of(request)
         request.app[METRICS].request(route, request.method, status, seconds)
-        user = request.get(CURRENT_USER)
-        access_log.info(
-            "%s %s %s",
-            request.method,
-            route,
-            status,
-            extra={
-                "method": request.method,
-                "route": route,
-                "path": request.path,  # never the query string: it may carry a token
-                "status": status,
-                "duration_ms": round(seconds * 1000, 2),
-                "remote": client_address(
-                    request.remote,
-                    request.headers.getall("X-Forwarded-For", []),
-                    request.app[SETTINGS].trusted_proxies,
-                ),
-                "user_id": user.id if user is not None else ctx.user_id,
-            },
-        )
+        if access_log.isEnabledFor(logging.INFO):
+            _access_line(request, route, status, seconds, ctx)
         logs.current.reset(token)
+
+
+def _access_line(request: web.Request, route: str, status: int, seconds: float, ctx: logs.RequestContext) -> None:
+    user = request.get(CURRENT_USER)
+    access_log.info(
+        "%s %s %s",
+        request.method,
+        route,
+        status,
+        extra={
+            "method": request.method,
+            "route": route,
+            "path": request.path,  # never the query string: it may carry a token
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+            "remote": client_address(
+                request.remote,
+                request.headers.getall("X-Forwarded-For", []),
+                request.app[SETTINGS].trusted_proxies,
+            ),
+            "user_id": user.id if user is not None else ctx.user_id,
+        },
+    )
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
