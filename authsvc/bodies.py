@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from marshmallow import Schema, ValidationError
 
-from .errors import InvalidBody, InvalidJson, RequestTimeout, UnsupportedMediaType, ValidationFailed
+from .errors import ClientGone, InvalidBody, InvalidJson, RequestTimeout, UnsupportedMediaType, ValidationFailed
 from .keys import SETTINGS
 
 
@@ -62,8 +63,10 @@ async def read_body(request: web.Request) -> bytes:
             return await request.read()
     except TimeoutError:  # a body sent slowly to hold the connection
         raise RequestTimeout() from None
-    except web.RequestPayloadError:  # e.g. a Content-Encoding whose bytes do not decode
+    except (web.RequestPayloadError, HttpProcessingError):  # bad Content-Encoding bytes, a bad chunk
         raise InvalidBody() from None
+    except ConnectionResetError:  # hung up mid-body; not to be mistaken for the database's OSErrors
+        raise ClientGone() from None
 
 
 def read_query(request: web.Request, schema: Schema) -> dict[str, Any]:

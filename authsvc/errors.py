@@ -52,7 +52,12 @@ class InvalidGrant(OAuthError):
 
 class InvalidBody(ApiError):
     code = "invalid_body"
-    message = "The body could not be read (is its Content-Encoding right?)."
+    message = "The body could not be read (is its Content-Encoding or chunked encoding right?)."
+    close_connection = True  # where the broken body ends is unknown: nothing after it can be read
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request was read: nobody to answer."""
 
 
 class RequestTimeout(ApiError):

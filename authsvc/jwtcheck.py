@@ -18,6 +18,8 @@ def header(token: str) -> dict[str, Any] | None:
     Only the `kid` is taken from it to choose among our own keys; the algorithm must then
     match that key's, never the other way round.
     """
+    if not token.isascii():  # a JWT is ASCII; a header's stray bytes would break PyJWT's encode
+        return None
     try:
         found = jwt.get_unverified_header(token)
     except jwt.PyJWTError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web import RequestPayloadError
 
 # Attributes every LogRecord has; anything else on a record came from `extra`.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -30,6 +32,24 @@ class RequestContext:
 
 
 current: ContextVar[RequestContext | None] = ContextVar("authsvc_request", default=None)
+
+# Runs shaped like our access tokens (a JWT starts with `eyJ`) and refresh tokens (`rt_`).
+TOKEN_SHAPED = re.compile(r"eyJ[\w.-]*|rt_[\w-]*", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CLIENT_TEXT_MAX = 200
+
+
+def client_text(text: str) -> str:
+    """Text a client chose (a path), fit for a log line: a token sent in the wrong place
+    does not reach the log, nor do control characters that would forge a line of text."""
+    text = TOKEN_SHAPED.sub("[redacted]", text)
+    if len(text) > CLIENT_TEXT_MAX:
+        text = text[:CLIENT_TEXT_MAX] + "..."
+    return _printable(text)
+
+
+def _printable(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def note_user(user_id: int) -> None:
@@ -67,27 +87,45 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """One line per record, a traceback below it; a newline inside a message or a field is
+    escaped, so no value can start a line of its own."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        if not extra:
-            return text
-        head, newline, rest = text.partition("\n")  # keep a traceback below the fields
-        return f"{head} [{extra}]{newline}{rest}"
+        text = f"{self.formatTime(record)} {record.levelname} {record.name}: {_printable(record.getMessage())}"
+        extra = " ".join(f"{k}={_printable(str(v))}" for k, v in _fields(record).items())
+        if extra:
+            text += f" [{extra}]"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            text += "\n" + self.formatStack(record.stack_info)
+        return text
+
+
+def _client_fault(exc: BaseException | None) -> BaseException | None:
+    """The parser or payload error somewhere in exc's chain, if a client's bytes caused it."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 class MalformedRequests(logging.Filter):
-    """aiohttp's parser errors quote up to 100 bytes of the bad line (an Authorization header,
-    say) and come with a traceback: keep the kind of error and who sent it, drop the bytes."""
+    """aiohttp's parser errors quote up to 100 bytes of what the client sent (an Authorization
+    header, a chunk of a body) and come with a traceback: keep the kind of error and who sent
+    it, drop the bytes. A body that does not decompress is the client's fault too, not an
+    ERROR of ours."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
+        fault = _client_fault(record.exc_info[1] if record.exc_info else None)
+        if fault is not None:
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
-            record.msg, record.args = "refused a malformed request from %s: %s", (remote, type(exc).__name__)
+            if isinstance(remote, str):
+                record.msg, record.args = "refused a malformed request from %s: %s", (remote, type(fault).__name__)
+            else:
+                record.msg, record.args = "refused a malformed request: %s", (type(fault).__name__,)
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True

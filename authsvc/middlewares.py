@@ -10,8 +10,9 @@ from aiohttp import web
 
 from . import sessions
 from .db import UNAVAILABLE_ERRORS
-from .errors import ApiError, InvalidRequest, InvalidToken, Unauthorized, Unavailable
+from .errors import ApiError, ClientGone, InvalidRequest, InvalidToken, Unauthorized, Unavailable
 from .keys import CURRENT_SESSION, CURRENT_USER
+from .logs import client_text
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ HTTP_CODES = {
     415: "unsupported_media_type",
     429: "too_many_requests",
 }
+
+
+CLIENT_GONE = 499
 
 
 def public(handler: F) -> F:
@@ -55,14 +59,17 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
         code = HTTP_CODES.get(exc.status, "http_error")
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(exc.status, {"error": code, "message": exc.reason}, headers)
+    except ClientGone:
+        # Nobody reads this answer; 499 (nginx's code) keeps it out of the 5xx counts.
+        return web.Response(status=CLIENT_GONE)
     except UNAVAILABLE_ERRORS as exc:
         # db.Database logs the outage once; a line per request would flood the log.
-        log.debug("database unavailable for %s %s: %s", request.method, request.path, type(exc).__name__)
+        log.debug("database unavailable for %s %s: %s", request.method, client_text(request.path), type(exc).__name__)
         unavailable = Unavailable()
         return error_response(unavailable.status, unavailable.body(), unavailable.headers)
     except Exception:
         # The traceback goes to the log; the client learns only that it was our fault.
-        log.exception("unhandled error for %s %s", request.method, request.path)
+        log.exception("unhandled error for %s %s", request.method, client_text(request.path))
         return error_response(500, {"error": "internal_error", "message": "Something went wrong on our side."})
 
 

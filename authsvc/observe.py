@@ -17,19 +17,18 @@ from . import logs
 from .addresses import client_address
 from .keys import CURRENT_USER, METRICS, REQUEST_ID, SETTINGS
 from .metrics import UNMATCHED
-from .middlewares import Handler
+from .middlewares import CLIENT_GONE, Handler
 
 access_log = logging.getLogger("authsvc.access")
 
 HEADER = "X-Request-ID"
 # Ids from a proxy or client are kept when they look like ids: short, plain characters,
-# and not shaped like one of our tokens (a client must not get those into our logs).
+# and nowhere shaped like one of our tokens (a client must not get those into our logs).
 SANE_ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
-TOKEN_SHAPED = re.compile(r"eyJ|rt_", re.IGNORECASE)
 
 
 def request_id(given: str | None) -> str:
-    if given is not None and SANE_ID.fullmatch(given) and not TOKEN_SHAPED.match(given):
+    if given is not None and SANE_ID.fullmatch(given) and not logs.TOKEN_SHAPED.search(given):
         return given
     return uuid.uuid4().hex
 
@@ -58,7 +57,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = exc.status
         raise
     except asyncio.CancelledError:
-        status = 499  # the client went away first (nginx's code for it)
+        status = CLIENT_GONE  # the client went away first
         raise
     finally:
         seconds = time.perf_counter() - started
@@ -79,7 +78,7 @@ def _access_line(request: web.Request, route: str, status: int, seconds: float, 
         extra={
             "method": request.method,
             "route": route,
-            "path": request.path,  # never the query string: it may carry a token
+            "path": logs.client_text(request.path),  # never the query string: it may carry a token
             "status": status,
             "duration_ms": round(seconds * 1000, 2),
             "remote": client_address(

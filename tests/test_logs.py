@@ -105,6 +105,21 @@ async def test_unknown_routes_are_logged_as_unmatched(client, logged):
     assert (line["route"], line["path"], line["status"], line["user_id"]) == ("unmatched", "/no/such/thing", 404, None)
 
 
+async def test_a_token_in_the_path_is_not_logged(client, user_token, logged):
+    refresh = "rt_" + "c2VjcmV0" * 5
+    for path in (f"/auth/refresh/{refresh}", f"/todos/{user_token}", f"/x%0A{user_token}"):
+        resp = await client.get(path)
+        line = logged.access(resp.headers["X-Request-ID"])
+        assert "[redacted]" in line["path"], line
+    text = "\n".join(logged.lines)
+    assert refresh not in text and user_token not in text and user_token[:20] not in text
+
+
+async def test_a_long_path_is_cut_short_in_the_log(client, logged):
+    resp = await client.get("/" + "a" * 5000)
+    assert len(logged.access(resp.headers["X-Request-ID"])["path"]) < 300
+
+
 async def test_the_remote_address_behind_a_trusted_proxy_is_the_client(make_client, logged):
     proxied = await make_client(trusted_proxies=(ip_network("127.0.0.0/8"),))
     resp = await proxied.get("/healthz", headers={"X-Forwarded-For": "198.51.100.9"})
@@ -126,7 +141,18 @@ async def test_without_a_request_id_one_is_generated(client):
 
 @pytest.mark.parametrize(
     "given",
-    ["x" * 129, "two words", "semi;colon", "quote\"d", "", "eyJhbGciOiJIUzI1NiJ9", "rt_c2VjcmV0c2VjcmV0c2VjcmV0"],
+    [
+        "x" * 129,
+        "two words",
+        "semi;colon",
+        "quote\"d",
+        "",
+        "eyJhbGciOiJIUzI1NiJ9",
+        "rt_c2VjcmV0c2VjcmV0c2VjcmV0",
+        # a token anywhere in it, not only at the start
+        "x-rt_c2VjcmV0c2VjcmV0c2VjcmV0",
+        "req/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0",
+    ],
 )
 async def test_an_unfit_request_id_is_replaced(client, logged, given):
     resp = await client.get("/healthz", headers={"X-Request-ID": given})
@@ -182,6 +208,13 @@ def test_json_lines_carry_extra_fields_and_tracebacks():
     parsed = json.loads(JsonFormatter().format(record))
     assert parsed["message"] == "failed here" and parsed["level"] == "ERROR" and parsed["user_id"] == 7
     assert "ValueError: boom" in parsed["exception"]
+
+
+def test_text_lines_cannot_be_forged_with_newlines():
+    record = logging.LogRecord("authsvc.x", logging.INFO, __file__, 1, "GET %s", ("/a\nERROR authsvc.db: forged",), None)
+    record.__dict__.update(path="/a\r\nERROR forged too")
+    text = TextFormatter().format(record)
+    assert len(text.splitlines()) == 1 and "\\x0a" in text and "\\x0d" in text
 
 
 def test_text_lines_put_fields_before_the_traceback():

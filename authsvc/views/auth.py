@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import asyncio
 import base64
-import binascii
 import hmac
 from typing import Any
 
@@ -10,9 +8,9 @@ from aiohttp import web
 from marshmallow import ValidationError
 
 from .. import sessions
-from ..bodies import read_json, read_query
+from ..bodies import read_body, read_json, read_query
 from ..credentials import authenticate
-from ..errors import ApiError, InvalidBody, InvalidCredentials, NotFound, OAuthError, RequestTimeout
+from ..errors import ApiError, InvalidBody, InvalidCredentials, NotFound, OAuthError
 from ..keys import CURRENT_SESSION, CURRENT_USER, SETTINGS
 from ..middlewares import public
 from ..schemas import (
@@ -64,12 +62,13 @@ async def _read_form(request: web.Request) -> dict[str, str]:
     if request.content_type != FORM:
         raise OAuthError("invalid_request", f"Send the parameters as {FORM}.")
     try:
-        async with asyncio.timeout(request.app[SETTINGS].idle_timeout):
-            form = await request.post()
-    except TimeoutError:
-        raise RequestTimeout() from None
-    except web.RequestPayloadError:
-        raise OAuthError("invalid_request", InvalidBody.message) from None
+        await read_body(request)  # bounded in time; request.post() then parses the bytes read
+    except InvalidBody as exc:
+        error = OAuthError("invalid_request", exc.message)
+        error.close_connection = exc.close_connection
+        raise error from None
+    try:
+        form = await request.post()
     except (UnicodeDecodeError, LookupError, ValueError):
         raise OAuthError("invalid_request", "The form is not valid UTF-8.") from None
     repeated = sorted({key for key in form if len(form.getall(key)) > 1})
@@ -134,7 +133,7 @@ def _check_service_credential(request: web.Request) -> None:
         raise ClientUnauthorized()
     try:
         client_id, sep, secret = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64, not ASCII, not UTF-8 (binascii.Error and UnicodeDecodeError are ValueErrors)
         raise ClientUnauthorized() from None
     matched = False
     for known_id, known_secret in request.app[SETTINGS].introspection_clients:
