@@ -11,7 +11,9 @@ production, to one file that is searched for secrets when the run ends: see run_
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +32,8 @@ import bcrypt
 import pytest
 from aiohttp import TraceConfig, TraceRequestChunkSentParams, TraceRequestStartParams, web
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from authsvc import embedded, migrate
 from authsvc.app import create_app
@@ -39,6 +43,7 @@ from authsvc.keys import SETTINGS
 from authsvc.logs import JsonFormatter
 
 from helpers import PASSWORD, bearer, login, signup
+from servers import SERVER_LOGS
 
 TABLES = "todos, refresh_tokens, sessions, login_backoff, login_budgets, login_known_addresses, auth_events, users"
 
@@ -68,6 +73,31 @@ class Secrets:
     def add(self, value: object) -> None:
         if isinstance(value, str) and len(value.strip()) >= MIN_SECRET_CHARS:
             self.values.add(value)
+
+    def add_variables(self, variables: dict[str, str]) -> None:
+        """The secrets among a server process's AUTHSVC_* variables."""
+        for name, value in variables.items():
+            if name in ("AUTHSVC_TOKEN_SECRET", "AUTHSVC_PASSWORD_PEPPER"):
+                self.add(value)
+            elif name == "AUTHSVC_INTROSPECTION_CLIENTS":
+                for pair in value.split(","):
+                    self.add(pair.partition(":")[2])
+            elif name == "AUTHSVC_DATABASE_URL":
+                self.add(urllib.parse.urlsplit(value).password)
+
+    def add_key_file(self, path: Path) -> None:
+        """The private keys of a signing key file: each line of their PEM and their raw bytes."""
+        for entry in json.loads(path.read_text(encoding="utf-8"))["keys"]:
+            pem = entry["private_key"]
+            for line in pem.splitlines():
+                if not line.startswith("-----"):
+                    self.add(line)
+            private = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
+            if isinstance(private, ed25519.Ed25519PrivateKey):
+                raw = private.private_bytes(
+                    serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+                )
+                self.add(base64.urlsafe_b64encode(raw).decode().rstrip("="))  # the JWK's "d"
 
     def add_settings(self, settings: Settings) -> None:
         self.add(settings.password_pepper)
@@ -139,7 +169,13 @@ def run_log() -> Iterator[Path]:
         handler.close()
         ours.setLevel(levels[0])
         quiet.setLevel(levels[1])
+    for _, variables in SERVER_LOGS:
+        SECRETS.add_variables(variables)
     leaks = SECRETS.leaks(path)
+    # What the server processes the tests started wrote, searched the same way.
+    for server_log, _ in SERVER_LOGS:
+        if server_log.exists():
+            leaks += [f"{server_log}: {leak}" for leak in SECRETS.leaks(server_log)]
     if not leaks and not os.environ.get("AUTHSVC_TEST_KEEP_LOG"):
         path.unlink()
     if leaks:
@@ -152,7 +188,11 @@ def _secret_tracer() -> TraceConfig:
     async def on_start(session: Any, context: Any, params: TraceRequestStartParams) -> None:
         header = params.headers.get("Authorization")
         if header:
-            SECRETS.add(header.partition(" ")[2])
+            scheme, _, credential = header.partition(" ")
+            SECRETS.add(credential)
+            if scheme.lower() == "basic":  # the secret as the server decodes it
+                with contextlib.suppress(ValueError):
+                    SECRETS.add(base64.b64decode(credential).decode("utf-8").partition(":")[2])
 
     async def on_chunk(session: Any, context: Any, params: TraceRequestChunkSentParams) -> None:
         SECRETS.add_body(params.chunk)
@@ -259,6 +299,7 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     doc = KeyFile.load(tmp_path_factory.mktemp("keys") / "signing-keys.json")
     doc.generate("EdDSA", activate=True)
     doc.save()
+    SECRETS.add_key_file(doc.path)
     return doc.path
 
 

@@ -18,6 +18,15 @@ import aiohttp
 import pytest
 
 COMMAND = [sys.executable, "-m", "authsvc"]
+# The log file of every server process a test started, with the settings it was given:
+# searched for secrets at the end of the run like the run's own log (conftest.run_log).
+SERVER_LOGS: list[tuple[Path, dict[str, str]]] = []
+
+
+def server_log(path: Path, settings: dict[str, str]) -> Path:
+    """Name a server process's log for the end-of-run secret search."""
+    SERVER_LOGS.append((path, dict(settings)))
+    return path
 
 
 def server_env(**settings: str) -> dict[str, str]:
@@ -50,7 +59,7 @@ class Served:
 @asynccontextmanager
 async def serving(cwd: Path, **settings: str) -> AsyncIterator[Served]:
     port = free_port()
-    log = cwd / f"serve-{port}.log"
+    log = server_log(cwd / f"serve-{port}.log", settings)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*COMMAND, "serve", "--port", str(port)], cwd=cwd, env=server_env(**settings), stdout=out, stderr=out

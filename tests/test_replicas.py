@@ -21,7 +21,7 @@ import pytest
 
 from authsvc.config import Settings
 from helpers import PASSWORD
-from servers import COMMAND, free_port, server_env
+from servers import COMMAND, free_port, server_env, server_log
 
 # The two instances believe X-Forwarded-For from loopback, as behind the compose proxy, so
 # one test can play several client addresses.
@@ -46,7 +46,7 @@ SETTINGS = {
 
 def _start(cwd: Path, name: str, settings: dict[str, str]) -> tuple[str, subprocess.Popen[bytes], Path]:
     port = free_port()
-    log = cwd / f"{name}.log"
+    log = server_log(cwd / f"{name}.log", settings)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*COMMAND, "serve", "--workers", "1", "--port", str(port)],
