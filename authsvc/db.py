@@ -47,6 +47,11 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.OperatorInterventionError,
     # 53xxx: too many connections, out of memory or disk
     asyncpg.InsufficientResourcesError,
+    # 25006: a standby after a failover, read-only until it is promoted
+    asyncpg.ReadOnlySQLTransactionError,
+    # 3D000 / 42P01: the database or its schema gone (restored or recreated empty)
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.UndefinedTableError,
 )
 
 
@@ -113,8 +118,17 @@ class Database:
             return
 
     async def close(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
+        """Close the pool: connections still in use get a statement's time to come back; a
+        database that does not answer the goodbye is cut off, never waited for."""
+        if self.pool is None:
+            return
+        s = self._settings
+        try:
+            async with asyncio.timeout(s.db_statement_timeout + CLIENT_MARGIN):
+                await self.pool.close()
+        except (TimeoutError, *UNAVAILABLE_ERRORS) as exc:
+            log.warning("database pool closed without the database's goodbye (%s)", _describe(exc))
+            self.pool.terminate()
 
     @property
     def down(self) -> bool:

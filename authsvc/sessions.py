@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .db import UNAVAILABLE_ERRORS
 from .errors import InvalidGrant, InvalidToken
 from .keyring import RELOAD_EVERY
 from .keys import POOL, SETTINGS, TOKENS
@@ -163,7 +164,9 @@ async def _housekeeping(app: web.Application) -> None:
                 async with app[POOL].acquire() as conn:
                     await sessions.prune(conn, KEEP_ENDED)
                 last_prune = datetime.now(UTC)
-        except Exception:  # a bad key file or a database hiccup must not end the loop
+        except UNAVAILABLE_ERRORS:  # logged once by db.Database; the next round tries again
+            pass
+        except Exception:  # a bad key file must not end the loop
             log.warning("session housekeeping failed", exc_info=True)
 
 

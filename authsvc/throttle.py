@@ -30,7 +30,7 @@ import asyncpg
 from aiohttp import web
 
 from .config import Settings
-from .db import UNAVAILABLE_ERRORS, Database
+from .db import CLIENT_MARGIN, UNAVAILABLE_ERRORS, Database, NotReady
 from .errors import TooManyAttempts
 from .keys import POOL, SETTINGS, THROTTLE
 from .repo import auth_events, known_addresses, login_backoff, login_budgets
@@ -165,6 +165,10 @@ class RefusalEvents:
         else:
             self.dropped += 1
 
+    @property
+    def unrecorded(self) -> int:
+        return sum(n for _, n in self._pending.values()) + self.dropped
+
     async def flush(self) -> None:
         pending, self._pending = self._pending, {}
         if pending:
@@ -206,7 +210,11 @@ class LoginThrottle:
         """Claim an attempt under all three budgets, or raise TooManyAttempts."""
         key = normalise(identifier)
         self._refuse_from_memory(identifier, key, address)
-        if self.unreturned or self._giving_back.locked():
+        if self._giving_back.locked():
+            # Another request or the background task is giving back what an outage left held,
+            # and may be waiting out a silent database: do not queue behind it.
+            raise NotReady("login claims from an outage are being given back")
+        if self.unreturned:
             # First free what an outage left held; if the database still fails, so does this claim.
             await self.give_back_unreturned()
         attempt: Attempt | None = None
@@ -238,6 +246,11 @@ class LoginThrottle:
             await attempt.abandon(outcome)
         except UNAVAILABLE_ERRORS:
             self._give_back_later(attempt, outcome)
+
+    @property
+    def owes_claims(self) -> bool:
+        """Claims an outage left held are still to be given back (or being given back now)."""
+        return bool(self.unreturned) or self._giving_back.locked()
 
     def _give_back_later(self, attempt: Attempt, outcome: str) -> None:
         if len(self.unreturned) < EVENT_BUFFER_MAX:
@@ -364,7 +377,19 @@ async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    # Write what is pending, within a bound: a database that is gone must not hold up the exit.
+    bound = settings.db_acquire_timeout + settings.db_statement_timeout + CLIENT_MARGIN
     with contextlib.suppress(Exception):
-        await throttle.refusals.flush()
+        async with asyncio.timeout(bound):
+            await throttle.refusals.flush()
     with contextlib.suppress(Exception):
-        await throttle.give_back_unreturned()
+        async with asyncio.timeout(bound):
+            await throttle.give_back_unreturned()
+    unrecorded = throttle.refusals.unrecorded
+    if unrecorded or throttle.unreturned:
+        log.warning(
+            "stopping without the database: %d refused login attempt(s) not recorded, "
+            "%d login claim(s) not given back (they expire by themselves)",
+            unrecorded,
+            len(throttle.unreturned),
+        )

@@ -105,8 +105,14 @@ def _supervise(settings: Settings, count: int, metrics_dir: str) -> int:
             proc = sentinels.pop(ready)
             proc.join()
             multiprocess.mark_process_dead(proc.pid, metrics_dir)
-            if proc.exitcode and not stopping:
-                log.error("%s exited with %s; stopping the others", proc.name, proc.exitcode)
-                code = 1
-                stop(signal.SIGTERM, None)
+            # Killed by the signal passed on: it had not started serving yet (aiohttp's handlers
+            # were not installed), so nothing was in flight.
+            early = stopping and proc.exitcode in (-signal.SIGTERM, -signal.SIGINT)
+            if proc.exitcode and not early:
+                code = 1  # also while stopping: a worker that failed to stop cleanly says so
+                if stopping:
+                    log.error("%s exited with %s while stopping", proc.name, proc.exitcode)
+                else:
+                    log.error("%s exited with %s; stopping the others", proc.name, proc.exitcode)
+                    stop(signal.SIGTERM, None)
     return code

@@ -13,6 +13,7 @@ import collections
 import itertools
 import logging
 import os
+import signal
 import tempfile
 import time
 import uuid
@@ -28,9 +29,10 @@ from aiohttp.test_utils import TestClient
 from authsvc import embedded, migrate
 from authsvc.app import create_app
 from authsvc.config import Settings
-from authsvc.keys import TOKENS
+from authsvc.keys import POOL, THROTTLE, TOKENS
 
 from helpers import PASSWORD, bearer, login, signup
+from servers import quick_settings, serving
 
 psutil = pytest.importorskip("psutil", reason="comes with the embedded PostgreSQL (the `embedded` extra)")
 
@@ -227,6 +229,89 @@ async def test_a_hung_database_answers_503_within_the_bounds(running, start_app)
     assert (await client.get("/users/me", headers=bearer(token))).status == 200
     # The login that got 503 neither counted as a failure nor left the pair held.
     assert await login(client, "a@example.com")
+
+
+async def test_logins_on_a_hung_database_do_not_queue_behind_each_other(running, start_app):
+    """A claim an outage left unreturned is given back before the next login claims; while
+    that give-back waits on a silent database, other logins answer 503 at once, not in turn."""
+    url = await running.create_database(migrated=True)
+    client = await start_app(url)
+    await signup(client, "a@example.com")
+    throttle = client.app[THROTTLE]
+    held = await throttle.acquire("held@example.com", "127.0.0.1")
+    frozen = running.processes()
+    for proc in frozen:
+        proc.suspend()
+    try:
+        await throttle.abandon(held, "error")  # the database does not answer: kept to give back
+        assert throttle.unreturned
+
+        def log_in(i: int) -> Awaitable[float]:
+            body = {"username": f"u{i}@example.com", "password": PASSWORD}
+            return _assert_unavailable(client, "POST", "/auth", json=body)
+
+        one = await log_in(0)
+        started = time.monotonic()
+        await asyncio.gather(*(log_in(i) for i in range(1, 11)))
+        ten = time.monotonic() - started
+    finally:
+        for proc in frozen:
+            proc.resume()
+    # Ten logins at once wait on the database about as long as one, not ten times as long.
+    assert ten < 2 * one + 0.5, (one, ten)
+    await _ready_within(client, 10)
+    deadline = time.monotonic() + 5
+    while throttle.owes_claims:  # given back by the background task once the database is back
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert await login(client, "a@example.com")
+
+
+async def test_a_read_only_database_is_unavailable_not_an_error(running, start_app):
+    """A failover that lands on a standby (read-only until promoted) answers 503, not 500."""
+    url = await running.create_database(migrated=True)
+    client = await start_app(url)
+    await signup(client, "a@example.com")
+    async with client.app[POOL].acquire() as conn:
+        name = await conn.fetchval("SELECT current_database()")
+    admin = await asyncpg.connect(running.admin_url)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        await client.app[POOL].pool.expire_connections()  # as after a failover: new connections
+        await _assert_unavailable(client, "POST", "/users", json={"email": "b@example.com", "password": PASSWORD})
+        await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        await client.app[POOL].pool.expire_connections()
+    finally:
+        await admin.close()
+    await signup(client, "b@example.com")
+
+
+async def test_sigterm_with_the_database_hung_exits_cleanly_within_its_bounds(running, tmp_path):
+    url = await running.create_database(migrated=True)
+    settings = quick_settings(
+        url,
+        AUTHSVC_DB_CONNECT_TIMEOUT="0.5",
+        AUTHSVC_DB_ACQUIRE_TIMEOUT="0.5",
+        AUTHSVC_DB_STATEMENT_TIMEOUT="0.5",
+        AUTHSVC_SHUTDOWN_TIMEOUT="1",
+        AUTHSVC_MIGRATE_ON_START="false",
+    )
+    async with serving(tmp_path, **settings) as served:
+        frozen = running.processes()
+        for proc in frozen:
+            proc.suspend()
+        try:
+            started = time.monotonic()
+            served.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(served.proc.wait, 30)
+            took = time.monotonic() - started
+        finally:
+            for proc in frozen:
+                proc.resume()
+    assert code == 0, served.output[-3000:]
+    # The shutdown deadline, then each wait on the database once: pending rows, the pool.
+    assert took < 10, (took, served.output[-3000:])
+    assert "pool closed without the database" in served.output
 
 
 async def test_restart_under_load_loses_nothing_and_counts_no_failures(running, start_app):
