@@ -10,6 +10,7 @@ contract, and the views stay plain. tests/test_openapi.py fails for a route with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Iterable
@@ -68,7 +69,7 @@ class Operation:
     summary: str
     tag: str
     answer: type[Schema] | dict[str, Any] | None = None  # the 2xx body; None: no body
-    media: str = JSON  # the 2xx body's media type
+    media: tuple[str, ...] = (JSON,)  # the 2xx body's media types
     ok: int = 200
     json: type[Schema] | None = None  # request body, application/json
     form: tuple[type[Schema], ...] = ()  # request body, form-encoded: one of these
@@ -99,7 +100,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Authorization server metadata (RFC 8414)", "service", MetadataSchema, auth=None, database=False
     ),
     ("GET", "/metrics"): Operation(
-        "Prometheus metrics of every worker", "service", {"type": "string"}, media="text/plain",
+        "Prometheus metrics of every worker", "service", {"type": "string"},
+        media=("text/plain", "application/openmetrics-text"),
         auth=None, database=False, errors=(404,),
         description="The Prometheus text format (OpenMetrics when asked for). Only direct peers in "
         "AUTHSVC_METRICS_NETWORKS get it; others get 404, as for a path that does not exist.",
@@ -280,7 +282,7 @@ def _operation(method: str, path: str, op: Operation) -> dict[str, Any]:
 
     ok: dict[str, Any] = {"description": op.summary}
     if op.answer is not None:
-        ok["content"] = {op.media: {"schema": op.answer}}
+        ok["content"] = {media: {"schema": op.answer} for media in op.media}
     if op.ok_headers:
         ok["headers"] = {name: _header(name) for name in op.ok_headers}
     responses: dict[str, Any] = {str(op.ok): ok}
@@ -344,7 +346,18 @@ def routes_of(app: web.Application) -> set[tuple[str, str]]:
     return found
 
 
-def build(routes: Iterable[tuple[str, str]], server_url: str) -> dict[str, Any]:
+TOKEN_ENDPOINT = ("POST", "/auth/token")
+# /auth/token with AUTHSVC_PASSWORD_GRANT off: the refresh grant alone, and no login budget.
+REFRESH_ONLY = dataclasses.replace(
+    OPERATIONS[TOKEN_ENDPOINT],
+    summary="OAuth2 token endpoint: refresh (RFC 6749 section 6)",
+    form=(RefreshGrantSchema,),
+    errors=(),
+    description="The password grant is off here (AUTHSVC_PASSWORD_GRANT): it answers unsupported_grant_type.",
+)
+
+
+def build(routes: Iterable[tuple[str, str]], server_url: str, *, password_grant: bool = True) -> dict[str, Any]:
     """The document for these (method, path) routes, those OPERATIONS describes."""
     plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
     spec = APISpec(
@@ -357,7 +370,10 @@ def build(routes: Iterable[tuple[str, str]], server_url: str) -> dict[str, Any]:
                 "Authentication and a small todo API. Every error is JSON: "
                 "`{error, message}` with a stable snake_case `error` code, plus `details` on "
                 "validation_failed and `error_description` on the OAuth endpoints. A method a path "
-                "does not have answers 405 with `Allow`; HEAD works wherever GET does."
+                "does not have answers 405 with `Allow`; HEAD works wherever GET does. A request "
+                "that is not HTTP as aiohttp's parser accepts it (a request line or header over "
+                "8190 bytes, over 64 headers, malformed syntax) is refused before any route, with "
+                "400 in plain text, and its connection closed."
             ),
         },
         servers=[{"url": server_url}],
@@ -382,6 +398,8 @@ def build(routes: Iterable[tuple[str, str]], server_url: str) -> dict[str, Any]:
 
     for method, path in sorted(routes, key=lambda mp: (mp[1], mp[0])):
         op = OPERATIONS.get((method, path))
+        if (method, path) == TOKEN_ENDPOINT and not password_grant:
+            op = REFRESH_ONLY
         if op is not None:
             spec.path(path=path, operations={method.lower(): _operation(method, path, op)})
     return spec.to_dict()
@@ -397,9 +415,9 @@ def document_bytes(app: web.Application, settings: Settings) -> bytes:
         # Without clients it answers 404 to everyone, like a path that does not exist; the
         # metadata document leaves out its introspection_endpoint too.
         routes.discard(INTROSPECTION)
-    return _document_bytes(frozenset(routes), settings.public_url)
+    return _document_bytes(frozenset(routes), settings.public_url, settings.password_grant)
 
 
 @functools.lru_cache(maxsize=8)
-def _document_bytes(routes: frozenset[tuple[str, str]], server_url: str) -> bytes:
-    return json.dumps(build(routes, server_url), separators=(",", ":")).encode()
+def _document_bytes(routes: frozenset[tuple[str, str]], server_url: str, password_grant: bool) -> bytes:
+    return json.dumps(build(routes, server_url, password_grant=password_grant), separators=(",", ":")).encode()

@@ -155,7 +155,11 @@ async def _send_chunked(host: str, port: int, path: str, content_type: str, chun
         writer.close()
 
 
-ROUTES = [("/auth", "application/json"), ("/users", "application/json"), ("/auth/token", "application/x-www-form-urlencoded")]
+ROUTES = [
+    ("/auth", "application/json"),
+    ("/users", "application/json"),
+    ("/auth/token", "application/x-www-form-urlencoded"),
+]
 
 
 @pytest.mark.parametrize("chunks", BROKEN_CHUNKS, ids=["bad size", "overlong chunk"])

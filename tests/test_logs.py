@@ -211,7 +211,8 @@ def test_json_lines_carry_extra_fields_and_tracebacks():
 
 
 def test_text_lines_cannot_be_forged_with_newlines():
-    record = logging.LogRecord("authsvc.x", logging.INFO, __file__, 1, "GET %s", ("/a\nERROR authsvc.db: forged",), None)
+    forged = ("/a\nERROR authsvc.db: forged",)
+    record = logging.LogRecord("authsvc.x", logging.INFO, __file__, 1, "GET %s", forged, None)
     record.__dict__.update(path="/a\r\nERROR forged too")
     text = TextFormatter().format(record)
     assert len(text.splitlines()) == 1 and "\\x0a" in text and "\\x0d" in text

@@ -125,3 +125,21 @@ def test_accepted_emails_are_documented(email: str) -> None:
     except ValidationError:
         return
     assert re.fullmatch(openapi.EMAIL_PATTERN, email)
+
+
+async def test_with_the_password_grant_off_the_token_endpoint_offers_refresh_only(make_client) -> None:
+    client = await make_client(password_grant=False)
+    doc = await (await client.get("/openapi.json")).json()
+    body = doc["paths"]["/auth/token"]["post"]["requestBody"]["content"][openapi.FORM]["schema"]
+    assert body == {"$ref": "#/components/schemas/RefreshGrant"}
+    assert "429" not in doc["paths"]["/auth/token"]["post"]["responses"]
+    on = await (await (await make_client()).get("/openapi.json")).json()
+    assert "oneOf" in on["paths"]["/auth/token"]["post"]["requestBody"]["content"][openapi.FORM]["schema"]
+
+
+async def test_metrics_media_types_are_both_documented(client) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    documented_types = set(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"])
+    for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
+        resp = await client.get("/metrics", headers={"Accept": accept})
+        assert resp.status == 200 and resp.content_type in documented_types, resp.content_type
