@@ -113,3 +113,5 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     # Everything here is per-user or per-request: no shared cache may keep it.
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    # aiohttp would name itself and the Python version: no help to clients, some to attackers.
+    response.headers["Server"] = "authsvc"

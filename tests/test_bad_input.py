@@ -83,6 +83,7 @@ def check_headers_and_leaks(resp: ClientResponse, text: str) -> None:
     assert resp.status < 500, text
     assert resp.headers.get("Cache-Control") == "no-store"
     assert resp.headers.get("X-Content-Type-Options") == "nosniff"
+    assert resp.headers.get("Server") == "authsvc"  # no versions of what it runs on
     assert resp.headers.get("Access-Control-Allow-Origin") != "*"
     for leak in LEAKS:
         assert leak not in text
