@@ -162,6 +162,14 @@ def _database_url(raw: str) -> str | None:
     parts = urllib.parse.urlsplit(value)
     if parts.scheme not in ("postgres", "postgresql"):
         raise ValueError("must be a postgresql:// URL")
+    # Checked here so that a typo stops the start in one line, not in a traceback from the
+    # driver; the message never repeats the URL (it may hold a password).
+    for host in parts.netloc.rpartition("@")[2].split(","):  # host[:port], one or several
+        port = host.rpartition("]")[2] if host.startswith("[") else host  # [IPv6]:port
+        if ":" in port:
+            number = port.rpartition(":")[2]
+            if number and not (number.isascii() and number.isdigit() and 1 <= int(number) <= 65535):
+                raise ValueError("has a port that is not a whole number from 1 to 65535")
     return value
 
 

@@ -47,6 +47,8 @@ def test_values_are_parsed():
         ("AUTHSVC_BCRYPT_ROUNDS", "3"),
         ("AUTHSVC_BCRYPT_ROUNDS", "32"),
         ("AUTHSVC_DATABASE_URL", "mysql://x@y/z"),
+        ("AUTHSVC_DATABASE_URL", "postgresql://u:pw@db:abc/authsvc"),
+        ("AUTHSVC_DATABASE_URL", "postgresql://u@db1:5432,db2:99999/authsvc"),
         ("AUTHSVC_CORS_ORIGINS", "*"),
         ("AUTHSVC_CORS_ORIGINS", "https://a.example.com/path"),
         ("AUTHSVC_MIGRATE_ON_START", "maybe"),
@@ -70,6 +72,27 @@ def test_a_bad_secret_is_not_echoed():
     with pytest.raises(ConfigError) as err:
         config.from_env({"AUTHSVC_TOKEN_SECRET": "my-own-secret-value"})
     assert "my-own-secret-value" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@db/a",
+        "postgresql://u:p%40ss@db:5432/a",
+        "postgresql://u@db1:5432,db2:5433/a",
+        "postgresql://u@[::1]:5432/a",
+        "postgresql://u@[::1]/a",
+        "postgresql:///a?host=/run/postgresql",
+    ],
+)
+def test_database_urls_the_driver_takes_are_taken(url):
+    assert config.from_env({"AUTHSVC_DATABASE_URL": url}).database_url == url
+
+
+def test_a_bad_database_url_is_not_echoed():
+    with pytest.raises(ConfigError) as err:
+        config.from_env({"AUTHSVC_DATABASE_URL": "postgresql://u:hunter2hunter2@db:port/a"})
+    assert "hunter2hunter2" not in str(err.value)
 
 
 def test_cross_checks():
