@@ -89,13 +89,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     if count == 1:
         workers.run(settings)
         return
-    # Migrate once here rather than racing N workers for the lock; with the database away,
-    # the workers start anyway and migrate (one at a time, under the lock) once it is back.
+    # Migrate once here rather than racing N workers for the lock; with the database away
+    # (or still locked by another instance's migration after a while), the workers start
+    # anyway and migrate, one at a time under the lock, once it is ready.
     if settings.migrate_on_start:
         try:
-            asyncio.run(_migrate(settings))
-        except UNAVAILABLE_ERRORS as exc:
-            log.warning("database unavailable at start (%s): the workers migrate when it is back", type(exc).__name__)
+            asyncio.run(_migrate(settings, within=settings.db_connect_timeout + settings.db_statement_timeout))
+        except UNAVAILABLE_ERRORS as exc:  # TimeoutError included
+            log.warning("database not ready at start (%s): the workers migrate when it is", type(exc).__name__)
         else:
             settings = settings.replace(migrate_on_start=False)
     code = workers.run_many(settings, count)
@@ -103,12 +104,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         raise SystemExit(code)
 
 
-async def _migrate(settings: Settings) -> list[migrate.Migration]:
-    conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
-    try:
-        return await migrate.migrate(conn)
-    finally:
-        await conn.close()
+async def _migrate(settings: Settings, within: float | None = None) -> list[migrate.Migration]:
+    async with asyncio.timeout(within):
+        conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+        try:
+            return await migrate.migrate(conn)
+        finally:
+            await conn.close()
 
 
 def _run(argv: Sequence[str] | None) -> None:

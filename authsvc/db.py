@@ -222,20 +222,47 @@ async def prepare_schema(conn: asyncpg.Connection, apply: bool) -> None:
         )
 
 
-async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    db = Database(app[SETTINGS])
-    app[POOL] = db
-    retrying: asyncio.Task[None] | None = None
+async def _finish_opening(db: Database, opening: asyncio.Task[None]) -> None:
+    """An open() that outlasted the start-up wait: see it through, else keep trying."""
     try:
-        await db.open()
+        await opening
+    except UNAVAILABLE_ERRORS as exc:
+        await db.failed(exc)
+    except Exception as exc:  # past start-up nothing can stop the start: say it, retry
+        log.error("the database answers but is not ready: %s; retrying", _describe(exc))
+    else:
+        log.warning("database ready: serving")
+        return
+    await db.keep_trying()
+
+
+async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    db = Database(s)
+    app[POOL] = db
+    background: asyncio.Task[None] | None = None
+    # Waiting for another instance's migration lock (or a long migration) must not keep the
+    # port closed: past this the app serves, 503 until the database is ready. A
+    # misconfiguration the database reports within it still stops the start.
+    start_wait = s.db_connect_timeout + s.db_statement_timeout
+    opening = asyncio.create_task(db.open())
+    try:
+        await asyncio.wait_for(asyncio.shield(opening), start_wait)
+    except TimeoutError:
+        log.warning(
+            "database not ready after %.1f s (a migration, or another instance's): answering 503 until it is",
+            start_wait,
+        )
+        background = asyncio.create_task(_finish_opening(db, opening))
     except UNAVAILABLE_ERRORS as exc:
         # Start anyway: /healthz answers, /readyz and everything else say 503 until it is back.
         await db.failed(exc)
-        retrying = asyncio.create_task(db.keep_trying())
+        background = asyncio.create_task(db.keep_trying())
     yield
-    if retrying is not None:
-        retrying.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await retrying
-    await db.close()  # waits for connections still in use to come back
+    for task in (background, opening):
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *UNAVAILABLE_ERRORS):
+                await task
+    await db.close()  # waits (within a bound) for connections still in use to come back
     log.info("database pool closed")

@@ -206,6 +206,23 @@ async def test_pending_migrations_keep_it_unready_until_migrated(running, start_
     await signup(client, "a@example.com")
 
 
+async def test_another_instances_migration_lock_does_not_keep_the_port_closed(running, start_app, caplog):
+    url = await running.create_database(migrated=False)
+    holder = await asyncpg.connect(url)  # another instance, migrating
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", migrate.LOCK_ID)
+        async with asyncio.timeout(BOUND):
+            client = await start_app(url)  # started: serving, not waiting for the lock
+        assert (await client.get("/healthz")).status == 200
+        await _assert_unavailable(client, "GET", "/readyz")
+        await _assert_unavailable(client, "POST", "/users", json={"email": "a@example.com", "password": PASSWORD})
+        assert any("not ready after" in r.getMessage() for r in caplog.records), caplog.text
+    finally:
+        await holder.close()  # the other instance is done: the lock is free
+    await _ready_within(client, 10)
+    await signup(client, "a@example.com")
+
+
 async def test_a_hung_database_answers_503_within_the_bounds(running, start_app):
     url = await running.create_database(migrated=True)
     client = await start_app(url)
