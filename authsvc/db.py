@@ -134,15 +134,18 @@ class Database:
     def down(self) -> bool:
         return self._down_since is not None
 
-    async def failed(self, exc: BaseException) -> None:
-        """Note a failure: the first of an outage is logged; stale connections are dropped."""
+    async def failed(self, exc: BaseException, *, silent_server: bool = False) -> None:
+        """Note a failure: the first of an outage is logged; stale connections are dropped.
+
+        `silent_server`: a statement got no answer at all, past the server's own timeout,
+        which only a vanished server or network does (a full pool times out on acquire)."""
         self._failures += 1
         if self._down_since is None:
             self._down_since = asyncio.get_running_loop().time()
             log.warning("database unavailable (%s): answering 503 until it is back", _describe(exc))
         # After a restart or failover the idle connections are dead, and some may not know it
         # yet (no FIN from a vanished host): replace them all, once, rather than fail a request each.
-        if _connection_lost(exc) and self.pool is not None and not self._expired:
+        if (silent_server or _connection_lost(exc)) and self.pool is not None and not self._expired:
             self._expired = True
             await self.pool.expire_connections()
 
@@ -194,7 +197,9 @@ class _Acquire:
             if self._while_down:
                 db._recovered()
         elif isinstance(exc, UNAVAILABLE_ERRORS):
-            await db.failed(exc)
+            # A TimeoutError here is from a statement (acquiring was done), so the client-side
+            # bound ran out: the server did not even cancel it.
+            await db.failed(exc, silent_server=isinstance(exc, TimeoutError))
 
 
 async def create_pool(s: Settings) -> asyncpg.Pool:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import os
 import signal
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -91,6 +93,45 @@ class Cluster:
             finally:
                 await conn.close()
         return self.url(name)
+
+
+class SilentHop:
+    """A TCP hop in front of the server's socket. `silence()` makes the connections open
+    through it go quiet, as behind a host or network that vanished: no FIN, no RST, nothing
+    answers. Connections opened afterwards pass, as to the new primary of a failover."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.generation = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    def silence(self) -> None:
+        self.generation += 1
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        born = self.generation
+        server_r, server_w = await asyncio.open_unix_connection(self.socket_path)
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    if self.generation == born:  # else swallowed
+                        writer.write(data)
+                        await writer.drain()
+            except OSError:
+                pass
+            finally:
+                writer.close()  # one side hung up: so does the other
+
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
 
 @pytest.fixture(scope="module")
@@ -329,6 +370,26 @@ async def test_sigterm_with_the_database_hung_exits_cleanly_within_its_bounds(ru
     # The shutdown deadline, then each wait on the database once: pending rows, the pool.
     assert took < 10, (took, served.output[-3000:])
     assert "pool closed without the database" in served.output
+
+
+async def test_connections_to_a_vanished_server_are_replaced_at_the_first_silence(running, start_app):
+    url = await running.create_database(migrated=True)
+    port = int((running.server.pgdata / "postmaster.pid").read_text().splitlines()[3])
+    hop = SilentHop(f"{running.socket_dir}/.s.PGSQL.{port}")
+    hop_port = await hop.start()
+    database = urllib.parse.urlsplit(url).path.lstrip("/")
+    try:
+        client = await start_app(f"postgresql://postgres@127.0.0.1:{hop_port}/{database}", db_pool_min=3, db_pool_max=3)
+        await signup(client, "a@example.com")
+        token = await login(client, "a@example.com")
+        hop.silence()  # every pooled connection now leads nowhere
+        await _assert_unavailable(client, "GET", "/users/me", headers=bearer(token))
+        # That silence was enough: the pool dropped all its connections, not one per request.
+        resp, took = await _timed(client.get("/users/me", headers=bearer(token)))
+        assert resp.status == 200, await resp.text()
+        assert took < TIMEOUTS["db_statement_timeout"], took
+    finally:
+        await hop.close()
 
 
 async def test_restart_under_load_loses_nothing_and_counts_no_failures(running, start_app):
