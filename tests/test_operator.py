@@ -301,7 +301,9 @@ async def test_settings_show_every_setting_and_no_secret(settings, tmp_path):
     pepper = _secret()
     (tmp_path / "secrets" / "password_pepper").write_text(pepper + "\n")
     del env["AUTHSVC_PASSWORD_PEPPER"]
-    env["AUTHSVC_DATABASE_URL"] = f"postgresql://authsvc:{db_password}/x@db/auth"  # unescaped '/': all hidden
+    # An unescaped '/' in the password: all hidden. (Its first part must look like a port, or
+    # the setting is refused before anything is shown: see test_config.)
+    env["AUTHSVC_DATABASE_URL"] = f"postgresql://authsvc:5432/{db_password}@db/auth"
     code, out, err = await run(env, "settings")
     assert code == 0, err
     shown = dict(line.split(None, 1) for line in out.splitlines())
