@@ -18,7 +18,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from authsvc.addresses import client_address
-from authsvc.keys import HASHER, SETTINGS, THROTTLE
+from authsvc import repo
+from authsvc.keys import HASHER, POOL, SETTINGS, THROTTLE
+from authsvc.repo import auth_events
 from authsvc.throttle import Limits
 
 from helpers import PASSWORD, login, signup
@@ -697,6 +699,34 @@ async def test_each_event_is_stamped_with_the_time_of_its_attempt(make_client, d
     assert [(r["outcome"], r["attempts"]) for r in rows] == [("failure", 1), ("throttled", 2)]
     for row, (before, after) in zip(rows, windows[:2], strict=True):
         assert before <= row["at"] <= after, (row["outcome"], before, row["at"], after)
+
+
+async def test_pruning_a_backlog_goes_in_batches_that_each_stay_short(make_client, db, monkeypatch):
+    """However much a long pause left behind, each pruning statement deletes a batch."""
+    monkeypatch.setattr(repo, "PRUNE_BATCH", 7)
+    client = await make_client(auth_events_days=30)
+    await db.execute(
+        "INSERT INTO auth_events (at, identifier, address, outcome) "
+        "SELECT now() - interval '40 days', 'old' || i, '192.0.2.1', 'failure' FROM generate_series(1, 50) AS i"
+    )
+    await db.execute(
+        "INSERT INTO auth_events (at, identifier, address, outcome) VALUES (now(), 'new', '192.0.2.1', 'failure')"
+    )
+    deleted: list[int] = []
+
+    class Counting:  # the connection, noting what each statement deleted
+        def __init__(self, conn: asyncpg.Connection) -> None:
+            self.conn = conn
+
+        async def execute(self, sql: str, *args: Any) -> str:
+            status = await self.conn.execute(sql, *args)
+            deleted.append(int(status.split()[-1]))
+            return status
+
+    async with client.app[POOL].acquire() as conn:
+        assert await auth_events.prune(Counting(conn), timedelta(days=30)) == 50
+    assert deleted == [7] * 7 + [1]
+    assert [r["identifier"] for r in await db.fetch("SELECT identifier FROM auth_events")] == ["new"]
 
 
 async def test_events_older_than_the_setting_are_pruned(make_client, db):

@@ -1,1 +1,20 @@
 """SQL, one module per table: explicit columns, $n parameters, rows to frozen dataclasses."""
+
+from __future__ import annotations
+
+import asyncpg
+
+# Rows one pruning statement deletes at most: each stays far inside the statement timeout
+# however much a long pause (an outage, a flood) left behind.
+PRUNE_BATCH = 5000
+
+
+async def delete_in_batches(conn: asyncpg.Connection, sql: str, *args: object) -> int:
+    """Run `sql`, a DELETE of at most its last parameter's number of rows, until fewer go;
+    return how many went in all."""
+    total = 0
+    while True:
+        deleted = int((await conn.execute(sql, *args, PRUNE_BATCH)).split()[-1])
+        total += deleted
+        if deleted < PRUNE_BATCH:
+            return total

@@ -6,6 +6,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from . import delete_in_batches
+
 
 async def insert(
     conn: asyncpg.Connection, identifier: str, address: str, outcome: str, reason: str | None = None
@@ -29,5 +31,11 @@ async def insert_many(
 
 
 async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
-    result = await conn.execute("DELETE FROM auth_events WHERE at < now() - $1::interval", older_than)
-    return int(result.split()[-1])
+    return await delete_in_batches(
+        conn,
+        """
+        DELETE FROM auth_events WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM auth_events WHERE at < now() - $1::interval LIMIT $2))
+        """,
+        older_than,
+    )

@@ -6,6 +6,8 @@ from datetime import timedelta
 
 import asyncpg
 
+from . import delete_in_batches
+
 
 async def is_known(conn: asyncpg.Connection, identifier: str, address: str, max_age: timedelta) -> bool:
     return bool(
@@ -33,7 +35,11 @@ async def remember(conn: asyncpg.Connection, identifier: str, address: str) -> N
 
 
 async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
-    result = await conn.execute(
-        "DELETE FROM login_known_addresses WHERE last_success_at < now() - $1::interval", older_than
+    return await delete_in_batches(
+        conn,
+        """
+        DELETE FROM login_known_addresses WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM login_known_addresses WHERE last_success_at < now() - $1::interval LIMIT $2))
+        """,
+        older_than,
     )
-    return int(result.split()[-1])

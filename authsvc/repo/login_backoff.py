@@ -13,6 +13,8 @@ from datetime import timedelta
 
 import asyncpg
 
+from . import delete_in_batches
+
 
 @dataclass(frozen=True)
 class Closed:
@@ -95,14 +97,16 @@ async def reset(conn: asyncpg.Connection, identifier: str, address: str) -> None
 
 
 async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
-    result = await conn.execute(
+    return await delete_in_batches(
+        conn,
         """
-        DELETE FROM login_backoff
-         WHERE updated_at < now() - $1::interval AND next_attempt_at < now() AND held_until < now()
+        DELETE FROM login_backoff WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM login_backoff
+             WHERE updated_at < now() - $1::interval AND next_attempt_at < now() AND held_until < now()
+             LIMIT $2))
         """,
         older_than,
     )
-    return int(result.split()[-1])
 
 
 async def forget(conn: asyncpg.Connection, identifier: str | None = None, address: str | None = None) -> int:

@@ -11,6 +11,8 @@ from datetime import timedelta
 
 import asyncpg
 
+from . import delete_in_batches
+
 # The bucket's level now, from its stored level and the time since.
 LEVEL = "least($3, b.tokens + extract(epoch FROM now() - b.updated_at) * $4)"
 
@@ -72,10 +74,15 @@ async def block(conn: asyncpg.Connection, scope: str, key: str, duration: timede
 
 async def prune(conn: asyncpg.Connection, idle_for: timedelta) -> int:
     """Drop buckets untouched for `idle_for` (long enough to be full again) and not blocked."""
-    result = await conn.execute(
-        "DELETE FROM login_budgets WHERE updated_at < now() - $1::interval AND blocked_until < now()", idle_for
+    return await delete_in_batches(
+        conn,
+        """
+        DELETE FROM login_budgets WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM login_budgets WHERE updated_at < now() - $1::interval AND blocked_until < now()
+             LIMIT $2))
+        """,
+        idle_for,
     )
-    return int(result.split()[-1])
 
 
 async def forget(conn: asyncpg.Connection, scope: str, key: str) -> bool:

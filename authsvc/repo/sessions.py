@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from . import delete_in_batches
 from .users import COLUMNS as USER_COLUMNS
 from .users import User
 
@@ -138,11 +139,13 @@ async def session_of_refresh_token(conn: asyncpg.Connection, token_hash: bytes) 
 
 async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
     """Drop sessions that ended (expired or revoked) longer ago than `older_than`."""
-    result = await conn.execute(
+    return await delete_in_batches(
+        conn,
         """
-        DELETE FROM sessions
-         WHERE expires_at < now() - $1::interval OR revoked_at < now() - $1::interval
+        DELETE FROM sessions WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM sessions
+             WHERE expires_at < now() - $1::interval OR revoked_at < now() - $1::interval
+             LIMIT $2))
         """,
         older_than,
     )
-    return int(result.split()[-1])
