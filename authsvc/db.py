@@ -162,7 +162,7 @@ class Database:
 class _Acquire:
     """The pool's acquire context, bounded, reporting failures and recovery to the Database."""
 
-    __slots__ = ("_db", "_ctx", "_while_down")
+    __slots__ = ("_db", "_ctx", "_conn", "_while_down")
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -179,7 +179,8 @@ class _Acquire:
         self._ctx = db.pool.acquire()
         try:
             async with asyncio.timeout(db._settings.db_acquire_timeout):
-                return await self._ctx.__aenter__()
+                self._conn: asyncpg.Connection = await self._ctx.__aenter__()
+                return self._conn
         except UNAVAILABLE_ERRORS as exc:
             await db.failed(exc)
             raise
@@ -188,6 +189,10 @@ class _Acquire:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         db = self._db
+        if isinstance(exc, TimeoutError):
+            # The server did not answer, not even to cancel: drop the connection now rather
+            # than wait as long again for the cancellation in the pool's reset.
+            self._conn.terminate()
         try:
             await self._ctx.__aexit__(exc_type, exc, tb)
         except UNAVAILABLE_ERRORS as release_exc:
