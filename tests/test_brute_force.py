@@ -333,10 +333,11 @@ async def test_two_instances_share_the_address_budget(make_client, db):
 
 
 async def test_healthz_answers_while_300_requests_sleep_in_backoff(make_client):
-    # A backoff long enough that the first sleeper is still asleep when the last one lies down.
+    # A backoff long enough that the first sleeper is still asleep when the last one lies down:
+    # three batches take about 3 s here, more on a loaded machine.
     client = await make_client(
-        login_backoff_base_ms=4000,
-        login_backoff_max_ms=4000,
+        login_backoff_base_ms=8000,
+        login_backoff_max_ms=8000,
         hash_queue=1000,
         account_max_failures_per_hour=10_000,
         address_max_failures_per_minute=100_000,
