@@ -256,18 +256,19 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
     # misconfiguration the database reports within it still stops the start.
     start_wait = s.db_connect_timeout + s.db_statement_timeout
     opening = asyncio.create_task(db.open())
-    try:
-        await asyncio.wait_for(asyncio.shield(opening), start_wait)
-    except TimeoutError:
+    await asyncio.wait({opening}, timeout=start_wait)
+    if not opening.done():
         log.warning(
             "database not ready after %.1f s (a migration, or another instance's): answering 503 until it is",
             start_wait,
         )
         background = asyncio.create_task(_finish_opening(db, opening))
-    except UNAVAILABLE_ERRORS as exc:
+    elif isinstance(opening.exception(), UNAVAILABLE_ERRORS):
         # Start anyway: /healthz answers, /readyz and everything else say 503 until it is back.
-        await db.failed(exc)
+        await db.failed(opening.exception())  # type: ignore[arg-type]
         background = asyncio.create_task(db.keep_trying())
+    else:
+        opening.result()  # opened, or a misconfiguration the database reported: raised here
     yield
     for task in (background, opening):
         if task is not None and not task.done():
