@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import shlex
 import shutil
 import subprocess
 import urllib.parse
@@ -139,11 +140,12 @@ def _directives() -> list[tuple[str, str, list[str]]]:
     text = re.sub(r"#[^\n]*", "", NGINX_CONF.read_text())
     found: list[tuple[str, str, list[str]]] = []
     blocks: list[str] = []
-    for token in re.findall(r"[^;{}]+[;{]|}", text):
+    # Quoted strings (a JSON log_format) may hold braces and semicolons of their own.
+    for token in re.findall(r"""(?:'[^']*'|"[^"]*"|[^;{}'"])+[;{]|}""", text):
         if token == "}":
             blocks.pop()
             continue
-        words = token[:-1].split()
+        words = shlex.split(token[:-1], posix=False)  # quotes kept, as nginx names `""` in a map
         if token.endswith("{"):
             blocks.append(" ".join(words))
         else:
@@ -187,10 +189,27 @@ def test_proxy_passes_client_address_scheme_and_request_id():
     assert _all(d, "default", block) == [["$http_x_request_id"]]
 
 
-def test_proxy_never_serves_metrics_to_the_outside():
+def test_proxy_never_serves_metrics_to_the_outside(compose):
     d = _directives()
     for block in ("location = /metrics", "location ^~ /metrics/"):
         assert _all(d, "deny", block) == [["all"]], block
+    # And authsvc itself refuses the proxy: its address is outside the metrics networks,
+    # while the addresses containers are given (the ip_range) are inside them.
+    (pool,) = compose["networks"]["default"]["ipam"]["config"]
+    containers = ipaddress.ip_network(pool["ip_range"])
+    proxy_ip = ipaddress.ip_address(compose["services"]["proxy"]["networks"]["default"]["ipv4_address"])
+    allowed = config.from_env(_env(compose["services"]["app"])).metrics_networks
+    assert proxy_ip not in containers and not any(proxy_ip in net for net in allowed)
+    assert any(containers.subnet_of(net) for net in allowed)  # type: ignore[arg-type]
+
+
+def test_proxy_logs_no_query_string_and_keeps_error_lines_to_crit():
+    d = _directives()
+    (fmt,) = [args for args in _all(d, "log_format") if args[0] == "refused"]
+    assert "$uri" in fmt[-1] and "$request " not in fmt[-1] + " " and "$args" not in fmt[-1]
+    assert "$request_uri" not in fmt[-1]
+    assert _one(d, "error_log") == ["stderr", "crit"]
+    assert all(args[0] == "off" or args[1] == "refused" for args in _all(d, "access_log"))
 
 
 def test_proxy_limits_agree_with_the_app(compose):

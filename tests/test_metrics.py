@@ -65,6 +65,19 @@ async def test_requests_are_counted_and_timed_by_route_template(client, auth):
     assert not any(str(todo["id"]) in route for route in routes), routes  # never the raw path
 
 
+async def test_latency_buckets_reach_from_a_cached_read_to_the_longest_backoff(client):
+    assert (await client.get("/healthz")).status == 200
+    samples = await scrape(client)
+    labels = {("route", "/healthz"), ("method", "GET"), ("status", "200")}
+    bounds = sorted(
+        float(dict(key)["le"])
+        for name, key in samples
+        if name == "authsvc_http_request_duration_seconds_bucket" and labels <= key
+    )
+    # A failed login's 401 waits out its backoff, up to 30 s by default: it must not fall in +Inf.
+    assert bounds[0] <= 0.001 and 60.0 in bounds and bounds[-1] == float("inf")
+
+
 async def test_unknown_routes_share_one_label(client):
     before = await scrape(client)
     for path in ("/a", "/b/c", f"/random/{secrets.token_hex(4)}"):
