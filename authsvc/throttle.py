@@ -50,6 +50,8 @@ PRUNE_EVERY = 300.0
 # process (polling, not LISTEN/NOTIFY: no extra connection per worker to keep alive and
 # reconnect, and it costs one transaction per refused pair or address per interval).
 REMEMBERED_MAX = 100_000
+# Seconds before a remembered refusal ends that the database is asked instead.
+MEMORY_MARGIN = 0.05
 EVENT_FLUSH_EVERY = 1.0
 EVENT_BUFFER_MAX = 50_000
 
@@ -284,7 +286,9 @@ class LoginThrottle:
     def _remember(self, closed: tuple[str, ...], seconds: float) -> None:
         # Never a hold (the attempt in flight may end it any moment) nor an account refusal
         # (it depends on the owner's known addresses, which only the database knows).
-        trusted = min(seconds, self.limits.memory)
+        # The wait was measured at the database a round trip ago: stop trusting memory a
+        # little before the database opens, so memory never refuses what it would admit.
+        trusted = min(seconds - MEMORY_MARGIN, self.limits.memory)
         if trusted <= 0:
             return
         now = asyncio.get_running_loop().time()

@@ -21,7 +21,7 @@ from authsvc.addresses import client_address
 from authsvc import repo
 from authsvc.keys import HASHER, POOL, SETTINGS, THROTTLE
 from authsvc.repo import auth_events
-from authsvc.throttle import Limits
+from authsvc.throttle import MEMORY_MARGIN, Limits
 
 from helpers import PASSWORD, login, signup
 
@@ -700,6 +700,17 @@ async def test_each_event_is_stamped_with_the_time_of_its_attempt(make_client, d
     assert [(r["outcome"], r["attempts"]) for r in rows] == [("failure", 1), ("throttled", 2)]
     for row, (before, after) in zip(rows, windows[:2], strict=True):
         assert before <= row["at"] <= after, (row["outcome"], before, row["at"], after)
+
+
+async def test_a_remembered_refusal_ends_before_the_database_opens(make_client):
+    """Memory repeats a refusal the database measured a round trip ago: it stops a margin
+    early, so an attempt right at the opening is asked of the database, never refused."""
+    throttle = (await make_client()).app[THROTTLE]
+    throttle._remember(("pair@example.com", "192.0.2.1"), 1.0)
+    trusted_until, opens_at = throttle._closed[("pair@example.com", "192.0.2.1")]
+    assert opens_at - trusted_until >= MEMORY_MARGIN
+    throttle._remember(("soon@example.com", "192.0.2.1"), MEMORY_MARGIN / 2)
+    assert ("soon@example.com", "192.0.2.1") not in throttle._closed
 
 
 async def test_pruning_a_backlog_goes_in_batches_that_each_stay_short(make_client, db, monkeypatch):
