@@ -263,9 +263,9 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
             start_wait,
         )
         background = asyncio.create_task(_finish_opening(db, opening))
-    elif isinstance(opening.exception(), UNAVAILABLE_ERRORS):
+    elif isinstance(error := opening.exception(), UNAVAILABLE_ERRORS):
         # Start anyway: /healthz answers, /readyz and everything else say 503 until it is back.
-        await db.failed(opening.exception())  # type: ignore[arg-type]
+        await db.failed(error)
         background = asyncio.create_task(db.keep_trying())
     else:
         opening.result()  # opened, or a misconfiguration the database reported: raised here
