@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
+from typing import TypeVar
 
 import asyncpg
 from aiohttp import web
@@ -23,6 +25,7 @@ from .config import Settings
 from .keys import POOL, SETTINGS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # While the database is missing at start: first retry after RETRY_FIRST, doubling up to RETRY_MAX.
 RETRY_FIRST = 0.1
@@ -37,22 +40,59 @@ class NotReady(Exception):
 
 
 # Errors that mean "the database is not reachable or not answering in time", not "the
-# request is wrong": answered 503 with Retry-After.
+# request is wrong": answered 503 with Retry-After. Whole branches of asyncpg's hierarchy,
+# not one name per incident: a server going away mid-statement raises from any of them
+# (an InternalClientError "cannot switch to state ..." while a connection is torn down, say).
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     NotReady,
     OSError,  # includes TimeoutError: no pooled connection, or no answer, in time
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,  # includes a connection closed in the middle of a statement
-    # 57xxx: statement_timeout (QueryCanceledError), server shutting down or starting up
-    asyncpg.OperatorInterventionError,
-    # 53xxx: too many connections, out of memory or disk
-    asyncpg.InsufficientResourcesError,
+    asyncpg.InterfaceError,  # client side: the connection closed or in a wrong state, a closed pool
+    asyncpg.InternalClientError,  # the protocol's state machine, torn down under a statement
+    asyncpg.PostgresConnectionError,  # 08xxx
+    asyncpg.InvalidAuthorizationSpecificationError,  # 28xxx: the database refuses our role now
+    asyncpg.InsufficientResourcesError,  # 53xxx: too many connections, out of memory or disk
+    asyncpg.OperatorInterventionError,  # 57xxx: statement_timeout, shutting down, starting up
+    asyncpg.PostgresSystemError,  # 58xxx: I/O errors on the server
+    asyncpg.InternalServerError,  # XX000: the server's own failure
     # 25006: a standby after a failover, read-only until it is promoted
     asyncpg.ReadOnlySQLTransactionError,
     # 3D000 / 42P01: the database or its schema gone (restored or recreated empty)
     asyncpg.InvalidCatalogNameError,
     asyncpg.UndefinedTableError,
 )
+
+# Errors that mean "try the transaction again": class 40 (deadlock, serialization failure)
+# and 55P03 (a NOWAIT lock). Retried a few times where they can happen, then answered 503;
+# they are load, not an outage, so they do not count as one.
+CONTENTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.TransactionRollbackError,
+    asyncpg.LockNotAvailableError,
+)
+# Tries of a transaction that PostgreSQL rolled back for contention, and the first pause.
+CONTENTION_TRIES = 4
+CONTENTION_PAUSE = 0.005
+
+
+class Contended(Exception):
+    """PostgreSQL rolled the transaction back for contention on every try."""
+
+
+async def in_transaction(conn: asyncpg.Connection, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run `work` in a transaction on `conn`; retry it after a deadlock or serialization
+    failure (with a short random pause), and raise Contended when every try met one."""
+    for tries in range(1, CONTENTION_TRIES + 1):
+        try:
+            async with conn.transaction():
+                return await work(conn)
+        except CONTENTION_ERRORS as exc:
+            # Worth a line: the login path takes its rows in one order, so a deadlock there
+            # is a bug to report, and serialization failures should stay rare.
+            log.warning("transaction rolled back (%s, SQLSTATE %s), try %d of %d", type(exc).__name__,
+                        getattr(exc, "sqlstate", "?"), tries, CONTENTION_TRIES)
+            if tries == CONTENTION_TRIES:
+                raise Contended(type(exc).__name__) from exc
+            await asyncio.sleep(random.uniform(1, 2) * CONTENTION_PAUSE * 2 ** tries)
+    raise AssertionError("unreachable")
 
 
 def _connection_lost(exc: BaseException) -> bool:

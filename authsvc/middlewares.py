@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from . import sessions
-from .db import UNAVAILABLE_ERRORS
+from .db import CONTENTION_ERRORS, UNAVAILABLE_ERRORS, Contended
 from .errors import ApiError, ClientGone, InvalidRequest, InvalidToken, Unauthorized, Unavailable
 from .keys import CURRENT_SESSION, CURRENT_USER
 from .logs import client_text
@@ -66,6 +66,11 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
         # db.Database logs the outage once; a line per request would flood the log.
         log.debug("database unavailable for %s %s: %s", request.method, client_text(request.path), type(exc).__name__)
         unavailable = Unavailable()
+        return error_response(unavailable.status, unavailable.body(), unavailable.headers)
+    except (Contended, *CONTENTION_ERRORS):
+        # Rolled back for contention (retried already where it is expected): worth a retry
+        # by the client, never a 500.
+        unavailable = Unavailable(retry_after=1)
         return error_response(unavailable.status, unavailable.body(), unavailable.headers)
     except Exception:
         # The traceback goes to the log; the client learns only that it was our fault.

@@ -473,3 +473,50 @@ async def test_restart_under_load_loses_nothing_and_counts_no_failures(running, 
         await conn.close()
     for email in accounts:
         assert await login(client, email)  # 200 at once: no 429
+
+
+async def test_stopping_the_server_under_read_load_answers_503_never_500(running, start_app):
+    """`pg_ctl stop -m fast` under 16 clients looping over /users/me and /readyz: whatever
+    asyncpg raises while its connections are torn down (connection errors, "cannot switch to
+    state ..."), each answer is 200 or 503; once the server is back, everything answers 200."""
+    url = await running.create_database(migrated=True)
+    client = await start_app(url, db_pool_max=16)
+    await signup(client, "reader@example.com")
+    token = await login(client, "reader@example.com")
+    statuses: collections.Counter[tuple[str, int]] = collections.Counter()
+    bodies: list[str] = []
+    phase = "before"
+    stop_load = asyncio.Event()
+
+    async def reader(i: int) -> None:
+        path = "/users/me" if i % 2 else "/readyz"
+        for _ in range(100_000):  # bounded; the event ends it first
+            if stop_load.is_set():
+                return
+            resp, _ = await _timed(client.get(path, headers=bearer(token)))
+            statuses[(phase, resp.status)] += 1
+            if resp.status not in (200, 503):
+                bodies.append(f"{path} {resp.status} {await resp.text()}")
+            resp.release()
+
+    async def stop_and_start() -> None:
+        nonlocal phase
+        await asyncio.sleep(0.5)
+        phase = "outage"
+        await asyncio.to_thread(running.stop, "fast")
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(running.start)
+        await _ready_within(client, 10)
+        phase = "after"
+        await asyncio.sleep(0.5)  # load after the recovery
+        stop_load.set()
+
+    await asyncio.gather(stop_and_start(), *(reader(i) for i in range(16)))
+    assert bodies == [], bodies[:5]
+    assert statuses[("outage", 503)] > 0, statuses  # the outage was seen
+    assert statuses[("before", 200)] > 0 and statuses[("after", 200)] > 0, statuses
+    # Once ready again, a request may still meet one connection that died with the server,
+    # but never more than the pool had: then all is 200.
+    assert statuses[("after", 503)] <= 16, statuses
+    for _ in range(20):
+        assert (await client.get("/users/me", headers=bearer(token))).status == 200
