@@ -8,13 +8,24 @@ from aiohttp import web
 
 from .credentials import authenticate
 from .errors import EmailTaken, InvalidCredentials, WrongCurrentPassword
-from .keys import HASHER, POOL
+from .keys import HASHER, POOL, SIGNUPS
 from .repo import sessions as session_repo
 from .repo import users
 from .repo.users import User
 
 
-async def signup(app: web.Application, email: str, password: str, first_name: str | None, last_name: str | None) -> User:
+async def signup(
+    app: web.Application,
+    email: str,
+    password: str,
+    first_name: str | None,
+    last_name: str | None,
+    address: str | None = None,
+) -> User:
+    """Create an account; `address` is the client's, whose signup budget it takes (None: an
+    operator's command, which has none)."""
+    if address is not None:
+        await app[SIGNUPS].take(address)
     password_hash = await app[HASHER].hash(password)  # before taking a connection
     async with app[POOL].acquire() as conn:
         user = await users.insert(conn, email, password_hash, first_name, last_name)

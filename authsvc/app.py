@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import aiohttp_cors
@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .config import Settings
 from .db import pool_ctx
-from .keys import HASHER, METRICS, OPENAPI, SETTINGS, TOKENS
+from .keys import CLOCK, HASHER, METRICS, OPENAPI, SETTINGS, TOKENS
 from .middlewares import bearer_auth, errors_to_json, security_headers
 from .keyring import KeyRing
 from .logs import quiet_malformed_requests
@@ -66,8 +66,10 @@ def key_ring(settings: Settings) -> KeyRing:
     return KeyRing.from_file(settings.keys_file, keep)
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the app; the database URL, secrets and keys must already be resolved (see cli.py)."""
+def create_app(settings: Settings, *, clock: Callable[[], float] | None = None) -> web.Application:
+    """Build the app; the database URL, secrets and keys must already be resolved (see cli.py).
+
+    `clock`: monotonic seconds for the login throttle's memory (tests pass one they move)."""
     if settings.database_url is None or settings.password_pepper is None:
         raise ValueError("create_app needs a database URL and a password pepper")
     quiet_malformed_requests()
@@ -89,6 +91,8 @@ def create_app(settings: Settings) -> web.Application:
         },
     )
     app[SETTINGS] = settings
+    if clock is not None:
+        app[CLOCK] = clock
     app[METRICS] = Metrics()
     app[TOKENS] = TokenService(
         key_ring(settings), settings.issuer, settings.audience, settings.access_token_ttl, settings.token_leeway

@@ -73,6 +73,7 @@ class Settings:
     known_address_days: int = 30
     address_max_failures_per_minute: int = 30
     address_block_seconds: int = 900
+    signup_max_per_hour: int = 30
     max_sleeping: int = 1000
     auth_events_days: int = 30
     trusted_proxies: tuple[IPNetwork, ...] = ()
@@ -293,6 +294,7 @@ FIELDS: dict[str, Callable[[str], Any]] = {
     "known_address_days": _int(0, 365),
     "address_max_failures_per_minute": _int(1, 100_000),
     "address_block_seconds": _int(0, 86_400),
+    "signup_max_per_hour": _int(1, 100_000),
     "max_sleeping": _int(0, 1_000_000),
     "auth_events_days": _int(1, 3650),
     "trusted_proxies": _networks,

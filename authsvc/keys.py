@@ -8,19 +8,16 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .db import Database
-    from .metrics import Metrics
-    from .passwords import PasswordHasher
-    from .repo.users import User
-    from .throttle import LoginThrottle
-    from .tokens import TokenService
+    pass
 
 SETTINGS = web.AppKey("settings", "Settings")
 POOL = web.AppKey("pool", "Database")
 HASHER = web.AppKey("hasher", "PasswordHasher")
 TOKENS = web.AppKey("tokens", "TokenService")
 THROTTLE = web.AppKey("throttle", "LoginThrottle")
+SIGNUPS = web.AppKey("signups", "SignupBudget")
+# The throttle's clock (monotonic seconds); tests pass one they can move.
+CLOCK = web.AppKey("clock", "Callable[[], float]")
 METRICS = web.AppKey("metrics", "Metrics")
 OPENAPI = web.AppKey("openapi", bytes)  # the document, as served
 

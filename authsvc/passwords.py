@@ -8,12 +8,17 @@ is useless without the pepper (OWASP Password Storage Cheat Sheet, "pre-hashing"
 bcrypt runs on a bounded thread pool, never on the event loop: it releases the GIL, so
 the threads use every core. Past `workers + queue` waiting checks the caller gets Busy
 (503) instead of an ever-growing queue.
+
+Two lanes share the threads: checks (logins, which someone is waiting on) go first, and new
+hashes (signups, password changes) may use all threads but one, so a signup flood cannot
+queue the account owner's login behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import hmac
 import secrets
@@ -28,6 +33,10 @@ from .errors import Busy
 T = TypeVar("T")
 
 
+CHECK = "check"
+HASH = "hash"
+
+
 class PasswordHasher:
     def __init__(self, pepper: str, rounds: int, workers: int, queue: int) -> None:
         self._pepper = pepper.encode("utf-8")
@@ -36,6 +45,13 @@ class PasswordHasher:
         self._workers = workers
         self._limit = workers + queue
         self._in_flight = 0
+        # Threads each lane may occupy; checks may take them all.
+        self._lane_max = {CHECK: workers, HASH: max(1, workers - 1)}
+        self._lane_running = {CHECK: 0, HASH: 0}
+        self._queued: dict[str, collections.deque[asyncio.Future[None]]] = {
+            CHECK: collections.deque(),
+            HASH: collections.deque(),
+        }
         self._dummy_hash: bytes | None = None
         self.checks = 0  # bcrypt verifications done; read by tests and the benchmarks
 
@@ -49,41 +65,75 @@ class PasswordHasher:
     def _check_sync(self, password: str, stored: bytes) -> bool:
         return bcrypt.checkpw(self._prehash(password), stored)
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+    def _may_start(self, lane: str) -> bool:
+        return sum(self._lane_running.values()) < self._workers and self._lane_running[lane] < self._lane_max[lane]
+
+    async def _turn(self, lane: str) -> None:
+        """Wait until a thread is free for this lane (checks are served first)."""
+        ahead = self._queued[CHECK] if lane == CHECK else (self._queued[CHECK] or self._queued[HASH])
+        if not ahead and self._may_start(lane):
+            self._lane_running[lane] += 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._queued[lane].append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._finished(lane)  # granted as it was cancelled: pass the thread on
+            else:
+                self._queued[lane].remove(turn)
+            raise
+
+    def _finished(self, lane: str) -> None:
+        self._lane_running[lane] -= 1
+        for next_lane in (CHECK, HASH):
+            queue = self._queued[next_lane]
+            while queue and self._may_start(next_lane):
+                turn = queue.popleft()
+                if not turn.done():
+                    self._lane_running[next_lane] += 1
+                    turn.set_result(None)
+
+    async def _run(self, lane: str, fn: Callable[..., T], *args: object) -> T:
         if self._in_flight >= self._limit:
             raise Busy()
         self._in_flight += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            await self._turn(lane)
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            finally:
+                self._finished(lane)
         finally:
             self._in_flight -= 1
 
     @property
     def running(self) -> int:
         """Jobs on a bcrypt thread now."""
-        return min(self._in_flight, self._workers)
+        return sum(self._lane_running.values())
 
     @property
     def waiting(self) -> int:
         """Jobs queued for a thread (the bounded queue's depth)."""
-        return max(0, self._in_flight - self._workers)
+        return self._in_flight - self.running
 
     async def start(self) -> None:
         # The stand-in for unknown users costs exactly what a real check costs.
-        self._dummy_hash = await self._run(self._hash_sync, secrets.token_urlsafe(32))
+        self._dummy_hash = await self._run(HASH, self._hash_sync, secrets.token_urlsafe(32))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def hash(self, password: str) -> str:
-        return (await self._run(self._hash_sync, password)).decode("ascii")
+        return (await self._run(HASH, self._hash_sync, password)).decode("ascii")
 
     async def verify(self, password: str, stored: str | None) -> bool:
         """Check a password; with no stored hash, spend the same time and answer False."""
         assert self._dummy_hash is not None, "start() not awaited"
         target = stored.encode("ascii") if stored is not None else self._dummy_hash
         self.checks += 1
-        ok = await self._run(self._check_sync, password, target)
+        ok = await self._run(CHECK, self._check_sync, password, target)
         return ok and stored is not None
 
     def needs_rehash(self, stored: str) -> bool:

@@ -12,7 +12,18 @@ Three budgets, all claimed in one transaction before any password is checked:
 
 A claim that any budget refuses costs no bcrypt work and answers 429 with Retry-After.
 Budgets 2 and 3 count a claimed attempt as a failure until it succeeds, so parallel
-requests cannot overrun them; budget 1 admits one attempt per key at a time.
+requests cannot overrun them.
+
+Concurrency on one pair: a pair with failures, or whose address the account has not logged
+in from, admits one attempt at a time; a clean pair at a known address admits as many as
+the hashing pool has threads (a service whose workers share one credential). Requests past
+that wait in this process for their turn (a bounded queue per pair) instead of being refused:
+a right password is never refused for being concurrent, and a wrong one closes the pair for
+everyone queued behind it. docs/throttle.md explains the choice.
+
+Lock order, in every transaction here: the address budget row, the pair's backoff row, the
+pair's known-address row, the account budget row. Nothing else takes two of them, so claims
+and outcomes cannot deadlock; what PostgreSQL still rolls back is retried (db.in_transaction).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +42,9 @@ import asyncpg
 from aiohttp import web
 
 from .config import Settings
-from .db import CLIENT_MARGIN, UNAVAILABLE_ERRORS, Database, NotReady
+from .db import CLIENT_MARGIN, CONTENTION_ERRORS, UNAVAILABLE_ERRORS, Contended, Database, NotReady, in_transaction
 from .errors import TooManyAttempts
-from .keys import POOL, SETTINGS, THROTTLE
+from .keys import CLOCK, POOL, SETTINGS, SIGNUPS, THROTTLE
 from .repo import auth_events, known_addresses, login_backoff, login_budgets
 
 log = logging.getLogger(__name__)
@@ -54,6 +66,14 @@ REMEMBERED_MAX = 100_000
 MEMORY_MARGIN = 0.05
 EVENT_FLUSH_EVERY = 1.0
 EVENT_BUFFER_MAX = 50_000
+# Requests of one pair waiting for their turn in this process, and how long one may wait:
+# past either it is refused (429, Retry-After 1) rather than queued without end.
+PAIR_QUEUE_MAX = 64
+PAIR_QUEUE_WAIT = 10.0
+# While another replica holds the pair, how often to look again.
+HELD_POLL = 0.05
+# What the give-back path treats as "try again later" rather than a lost claim.
+RETRY_LATER = (*UNAVAILABLE_ERRORS, *CONTENTION_ERRORS, Contended)
 
 
 def normalise(identifier: str) -> str:
@@ -76,6 +96,7 @@ class Limits:
     account: Bucket
     address: Bucket
     address_block: timedelta
+    signup: Bucket
     known_address_age: timedelta
     events_kept: timedelta
     memory: float  # seconds a refusal is repeated from memory before the database is asked again
@@ -87,6 +108,7 @@ class Limits:
         # at or under the configured number.
         per_hour = s.account_max_failures_per_hour
         per_minute = s.address_max_failures_per_minute
+        signups = s.signup_max_per_hour
         return cls(
             backoff_base=timedelta(milliseconds=s.login_backoff_base_ms),
             backoff_cap=timedelta(milliseconds=s.login_backoff_max_ms),
@@ -94,6 +116,7 @@ class Limits:
             account=Bucket("account", max(1.0, per_hour / 5), per_hour * 4 / 5 / 3600),
             address=Bucket("address", max(1.0, per_minute / 5), per_minute * 4 / 5 / 60),
             address_block=timedelta(seconds=s.address_block_seconds),
+            signup=Bucket("signup", max(1.0, signups / 5), signups * 4 / 5 / 3600),
             known_address_age=timedelta(days=s.known_address_days),
             events_kept=timedelta(days=s.auth_events_days),
             memory=s.throttle_memory_ms / 1000,
@@ -105,6 +128,34 @@ class _Refused(Exception):
         self.budget = budget
 
 
+class _Held(Exception):
+    """The pair has as many attempts in flight as it admits (on another replica, or ours)."""
+
+
+@dataclass(frozen=True)
+class _Claim:
+    account_counted: bool
+    parallel: int  # attempts the pair admits at once after this claim
+
+
+class _Pair:
+    """This process's attempts on one (identifier, address): in flight, allowed, queued."""
+
+    __slots__ = ("active", "limit", "waiting", "turn")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.limit = 1  # until a claim shows the pair is clean and known
+        self.waiting = 0
+        self.turn = asyncio.Event()  # set (and replaced) whenever an attempt ends
+
+    def release(self) -> None:
+        """One attempt fewer in flight: wake those waiting for a turn."""
+        self.active -= 1
+        self.turn.set()
+        self.turn = asyncio.Event()
+
+
 class Attempt:
     """One claimed login attempt; report exactly one outcome."""
 
@@ -114,39 +165,64 @@ class Attempt:
         self._key = key
         self._address = address
         self._account_counted = account_counted
-        self._claimed_at = asyncio.get_running_loop().time()
+        self._claimed_at = throttle.clock()
+        self._turn_held = True
 
-    async def _give_back(self, conn: asyncpg.Connection) -> None:
-        limits = self._throttle.limits
-        await login_budgets.give_back(conn, "address", self._address, limits.address.capacity)
-        if self._account_counted:
-            await login_budgets.give_back(conn, "account", self._key, limits.account.capacity)
+    def end_turn(self) -> None:
+        """The next queued attempt of this pair in this process may go (once)."""
+        if self._turn_held:
+            self._turn_held = False
+            self._throttle.end_turn(self._key, self._address)
+
+    # Each outcome takes its rows in the lock order of the module docstring.
 
     async def succeeded(self) -> None:
-        async with self._throttle.pool.acquire() as conn, conn.transaction():
+        limits = self._throttle.limits
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await login_budgets.give_back(conn, "address", self._address, limits.address.capacity)
             await login_backoff.reset(conn, self._key, self._address)
-            await self._give_back(conn)
             await known_addresses.remember(conn, self._key, self._address)
+            if self._account_counted:
+                await login_budgets.give_back(conn, "account", self._key, limits.account.capacity)
             await auth_events.insert(conn, self._identifier, self._address, "success")
+
+        async with self._throttle.pool.acquire() as conn:
+            await in_transaction(conn, work)
+        self.end_turn()
 
     async def failed(self) -> float:
         """Count the failure; return the delay in seconds to apply before answering."""
         limits = self._throttle.limits
-        async with self._throttle.pool.acquire() as conn, conn.transaction():
+
+        async def work(conn: asyncpg.Connection) -> timedelta:
             delay = await login_backoff.record_failure(
                 conn, self._key, self._address, limits.backoff_base, limits.backoff_cap
             )
             await auth_events.insert(conn, self._identifier, self._address, "failure")
+            return delay
+
+        async with self._throttle.pool.acquire() as conn:
+            delay = await in_transaction(conn, work)
+        self.end_turn()
         return delay.total_seconds()
 
     async def abandon(self, outcome: str) -> None:
         """No verdict (hash queue full, database trouble): give back the claim and its tokens."""
-        held = asyncio.get_running_loop().time() - self._claimed_at < RELEASE_WITHIN
-        async with self._throttle.pool.acquire() as conn, conn.transaction():
+        limits = self._throttle.limits
+        held = self._throttle.clock() - self._claimed_at < RELEASE_WITHIN
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await login_budgets.give_back(conn, "address", self._address, limits.address.capacity)
             if held:
                 await login_backoff.release(conn, self._key, self._address)
-            await self._give_back(conn)
+            if self._account_counted:
+                await login_budgets.give_back(conn, "account", self._key, limits.account.capacity)
             await auth_events.insert(conn, self._identifier, self._address, outcome)
+
+        async with self._throttle.pool.acquire() as conn:
+            await in_transaction(conn, work)
+        self.end_turn()
 
 
 class RefusalEvents:
@@ -197,11 +273,21 @@ class RefusalEvents:
 
 
 class LoginThrottle:
-    def __init__(self, pool: Database, limits: Limits, max_sleeping: int) -> None:
+    def __init__(
+        self,
+        pool: Database,
+        limits: Limits,
+        max_sleeping: int,
+        parallel: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.pool = pool
         self.limits = limits
         self.max_sleeping = max_sleeping
+        self.parallel = parallel  # attempts a clean pair at a known address may have in flight
+        self.clock = clock  # seconds; injected by tests, which move the database's rows to match
         self.sleeping = 0  # requests now waiting out their backoff in this process
+        self._pairs: dict[tuple[str, str], _Pair] = {}
         self.refusals = RefusalEvents(pool)
         self.unreturned: list[tuple[Attempt, str]] = []  # claims to give back when the database is back
         self._giving_back = asyncio.Lock()
@@ -209,7 +295,8 @@ class LoginThrottle:
         self._closed: dict[tuple[str, ...], tuple[float, float]] = {}
 
     async def acquire(self, identifier: str, address: str) -> Attempt:
-        """Claim an attempt under all three budgets, or raise TooManyAttempts."""
+        """Claim an attempt under all three budgets, waiting for the pair's turn if it has
+        as many attempts in flight as it admits; or raise TooManyAttempts."""
         key = normalise(identifier)
         self._refuse_from_memory(identifier, key, address)
         if self._giving_back.locked():
@@ -219,23 +306,75 @@ class LoginThrottle:
         if self.unreturned:
             # First free what an outage left held; if the database still fails, so does this claim.
             await self.give_back_unreturned()
+        pair = self._pairs.get((key, address))
+        if pair is None:
+            pair = self._pairs[(key, address)] = _Pair()
+        deadline = self.clock() + PAIR_QUEUE_WAIT
+        try:
+            while True:
+                if pair.active < pair.limit:
+                    pair.active += 1
+                    try:
+                        return await self._claim_turn(pair, identifier, key, address)
+                    except _Held:
+                        pair.release()  # another replica's attempts: look again shortly, or when ours end
+                    except BaseException:
+                        pair.release()
+                        raise
+                    await self._wait_turn(pair, identifier, address, deadline, HELD_POLL)
+                else:
+                    await self._wait_turn(pair, identifier, address, deadline, None)
+                # The attempt that went before may have closed the pair or the address.
+                self._refuse_from_memory(identifier, key, address)
+        finally:
+            if pair.active == 0 and pair.waiting == 0:
+                self._pairs.pop((key, address), None)
+
+    async def _wait_turn(
+        self, pair: _Pair, identifier: str, address: str, deadline: float, poll: float | None
+    ) -> None:
+        """Wait until an attempt of the pair ends here (or `poll` seconds); refuse past the
+        queue's bounds."""
+        left = deadline - self.clock()
+        if left <= 0 or (poll is None and pair.waiting >= PAIR_QUEUE_MAX):
+            self.refusals.add(identifier, address, "queue")
+            raise TooManyAttempts(1)
+        pair.waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, poll) if poll is not None else left):
+                    await pair.turn.wait()
+        finally:
+            pair.waiting -= 1
+
+    def end_turn(self, key: str, address: str) -> None:
+        """A claimed attempt of the pair reported its outcome (or was given up)."""
+        pair = self._pairs.get((key, address))
+        if pair is None:
+            return
+        pair.release()
+        if pair.active == 0 and pair.waiting == 0:
+            del self._pairs[(key, address)]
+
+    async def _claim_turn(self, pair: _Pair, identifier: str, key: str, address: str) -> Attempt:
+        claim: _Claim | None = None
         attempt: Attempt | None = None
         try:
             async with self.pool.acquire() as conn:
                 try:
-                    async with conn.transaction():  # a refusal rolls back the tokens already taken
-                        account_counted = await self._claim(conn, key, address)
-                        attempt = Attempt(self, identifier, key, address, account_counted)
+                    # A refusal raises inside the transaction: the tokens already taken roll back.
+                    claim = await in_transaction(conn, lambda c: self._claim(c, key, address))
                 except _Refused as refused:
                     wait = await self._after_refusal(conn, refused, key, address)
                     self.refusals.add(identifier, address, refused.budget)
                     raise TooManyAttempts(math.ceil(wait)) from None
+                pair.limit = claim.parallel
+                attempt = Attempt(self, identifier, key, address, claim.account_counted)
         except UNAVAILABLE_ERRORS:
             if attempt is not None:
-                # Lost at COMMIT (or after): the claim may stand, so it is given back later.
+                # Lost at release (or after): the claim stands, so it is given back later.
                 self._give_back_later(attempt, "error")
             raise
-        assert attempt is not None
         return attempt
 
     async def abandon(self, attempt: Attempt, outcome: str) -> None:
@@ -246,8 +385,10 @@ class LoginThrottle:
         """
         try:
             await attempt.abandon(outcome)
-        except UNAVAILABLE_ERRORS:
+        except RETRY_LATER:
             self._give_back_later(attempt, outcome)
+        finally:
+            attempt.end_turn()  # whatever happened: the claim's hold covers the pair meanwhile
 
     @property
     def owes_claims(self) -> bool:
@@ -264,14 +405,14 @@ class LoginThrottle:
             for i, (attempt, outcome) in enumerate(unreturned):
                 try:
                     await attempt.abandon(outcome)
-                except UNAVAILABLE_ERRORS:
+                except RETRY_LATER:
                     self.unreturned[:0] = unreturned[i:]
                     raise
                 except Exception:  # not the database being away: retrying would not help
                     log.warning("could not give back a login claim", exc_info=True)
 
     def _refuse_from_memory(self, identifier: str, key: str, address: str) -> None:
-        now = asyncio.get_running_loop().time()
+        now = self.clock()
         for budget, closed in (("address", ("address", address)), ("backoff", (key, address))):
             remembered = self._closed.get(closed)
             if remembered is None:
@@ -291,25 +432,30 @@ class LoginThrottle:
         trusted = min(seconds - MEMORY_MARGIN, self.limits.memory)
         if trusted <= 0:
             return
-        now = asyncio.get_running_loop().time()
+        now = self.clock()
         if len(self._closed) >= REMEMBERED_MAX:
             self._closed = {k: v for k, v in self._closed.items() if v[0] > now}
             if len(self._closed) >= REMEMBERED_MAX:
                 self._closed.clear()
         self._closed[closed] = (now + trusted, now + seconds)
 
-    async def _claim(self, conn: asyncpg.Connection, key: str, address: str) -> bool:
-        """Take from each budget in turn; return whether the account budget was charged."""
+    async def _claim(self, conn: asyncpg.Connection, key: str, address: str) -> _Claim:
+        """Take from each budget in the lock order; return what was charged."""
         lim = self.limits
         if not await login_budgets.take(conn, "address", address, lim.address.capacity, lim.address.rate):
             raise _Refused("address")
-        if await login_backoff.claim(conn, key, address, CLAIM_HOLD, lim.failure_window) is None:
+        # A plain read: it locks nothing, so it may come before the rows it decides about.
+        known = await known_addresses.is_known(conn, key, address, lim.known_address_age)
+        parallel = self.parallel if known else 1
+        failures = await login_backoff.claim(conn, key, address, CLAIM_HOLD, lim.failure_window, parallel)
+        if failures is None:
             raise _Refused("backoff")
-        if await known_addresses.is_known(conn, key, address, lim.known_address_age):
-            return False
+        parallel = parallel if failures == 0 else 1
+        if known:
+            return _Claim(account_counted=False, parallel=parallel)
         if not await login_budgets.take(conn, "account", key, lim.account.capacity, lim.account.rate):
             raise _Refused("account")
-        return True
+        return _Claim(account_counted=True, parallel=parallel)
 
     async def _after_refusal(self, conn: asyncpg.Connection, refused: _Refused, key: str, address: str) -> float:
         """Apply the address block if that budget ran dry; return the seconds to wait."""
@@ -327,7 +473,7 @@ class LoginThrottle:
             )
         closed = await login_backoff.closed_for(conn, key, address)
         if not closed.backoff:
-            return min(closed.seconds, 1.0)  # a hold ends when the check in flight does
+            raise _Held()  # the attempts in flight end soon: wait for them, do not refuse
         self._remember((key, address), closed.seconds)
         return closed.seconds
 
@@ -355,6 +501,25 @@ class LoginThrottle:
             await auth_events.prune(conn, lim.events_kept)
 
 
+class SignupBudget:
+    """Signups per client address, a token bucket shared by every replica: each attempt takes
+    a token before any hashing, whatever its outcome, so signup can be neither a fast oracle
+    for registered emails nor a way to keep the hashing threads busy from one address."""
+
+    def __init__(self, pool: Database, bucket: Bucket) -> None:
+        self._pool = pool
+        self._bucket = bucket
+
+    async def take(self, address: str) -> None:
+        """Take a token, or raise TooManyAttempts with the seconds until the next one."""
+        b = self._bucket
+        async with self._pool.acquire() as conn:
+            if await login_budgets.take(conn, b.scope, address, b.capacity, b.rate):
+                return
+            wait = await login_budgets.seconds_until_token(conn, b.scope, address, b.capacity, b.rate)
+        raise TooManyAttempts(math.ceil(wait))
+
+
 async def _every(seconds: float, job: Callable[[], Awaitable[object]], what: str) -> None:
     while True:
         await asyncio.sleep(seconds)
@@ -368,8 +533,12 @@ async def _every(seconds: float, job: Callable[[], Awaitable[object]], what: str
 
 async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    throttle = LoginThrottle(app[POOL], Limits.from_settings(settings), settings.max_sleeping)
+    limits = Limits.from_settings(settings)
+    throttle = LoginThrottle(
+        app[POOL], limits, settings.max_sleeping, settings.hash_workers, app.get(CLOCK, time.monotonic)
+    )
     app[THROTTLE] = throttle
+    app[SIGNUPS] = SignupBudget(app[POOL], limits.signup)
     tasks = [
         asyncio.create_task(_every(PRUNE_EVERY, throttle.prune, "pruning login records")),
         asyncio.create_task(_every(EVENT_FLUSH_EVERY, throttle.refusals.flush, "recording refused logins")),

@@ -318,6 +318,7 @@ def base_settings(database_url: str, keys_file: Path) -> Settings:
         # The account and address budgets get tests of their own; elsewhere they stay out of the way.
         account_max_failures_per_hour=10_000,
         address_max_failures_per_minute=100_000,
+        signup_max_per_hour=100_000,
         db_pool_min=1,
         db_pool_max=10,
     )

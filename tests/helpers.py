@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
 
+import aiohttp
 from aiohttp.test_utils import TestClient
 
 PASSWORD = "correct horse battery staple"
@@ -32,3 +35,41 @@ async def assert_error(resp: Any, status: int, code: str) -> dict[str, Any]:
     assert body["error"] == code, body
     assert isinstance(body["message"], str) and body["message"]
     return body
+
+
+# --- logins over real connections ---
+
+Post = Callable[..., Awaitable[aiohttp.ClientResponse]]
+
+
+class Answer(NamedTuple):
+    status: int
+    body: dict[str, Any]
+    headers: Any
+
+
+@contextlib.asynccontextmanager
+async def source(client: TestClient, local_ip: str | None = None) -> AsyncIterator[Post]:
+    """Post to the test server over real connections from a chosen loopback address, no pool limit."""
+    connector = aiohttp.TCPConnector(limit=0, local_addr=(local_ip, 0) if local_ip else None)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        def post(path: str, **kwargs: Any) -> Awaitable[aiohttp.ClientResponse]:
+            return session.post(str(client.make_url(path)), **kwargs)
+
+        yield post
+
+
+async def attempt(
+    post: Post, identifier: str, password: str, *, path: str = "/auth", forwarded_for: str | None = None
+) -> Answer:
+    """One login on /auth (JSON) or /auth/token (OAuth2 form)."""
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else None
+    if path == "/auth":
+        resp = await post("/auth", json={"username": identifier, "password": password}, headers=headers)
+    else:
+        form = {"grant_type": "password", "username": identifier, "password": password}
+        resp = await post("/auth/token", data=form, headers=headers)
+    body = await resp.json()
+    resp.release()
+    return Answer(resp.status, body, resp.headers)

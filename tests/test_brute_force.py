@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import ipaddress
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
@@ -23,52 +21,16 @@ from authsvc.keys import HASHER, POOL, SETTINGS, THROTTLE
 from authsvc.repo import auth_events
 from authsvc.throttle import MEMORY_MARGIN, Limits
 
-from helpers import PASSWORD, login, signup
+from helpers import PASSWORD, Answer, attempt, login, signup, source
 
 WRONG = "not the right password"
 EMAIL = "owner@example.com"
 BEHIND_LOCAL_PROXY = (ipaddress.ip_network("127.0.0.1/32"),)
 
-Post = Callable[..., Awaitable[aiohttp.ClientResponse]]
-
-
-class Answer(NamedTuple):
-    status: int
-    body: dict[str, Any]
-    headers: Any
-
-
 @pytest.fixture
 def settings(base_settings):
     # The documented defaults for the account and address budgets (conftest turns them off).
     return base_settings.replace(account_max_failures_per_hour=100, address_max_failures_per_minute=30)
-
-
-@contextlib.asynccontextmanager
-async def source(client: TestClient, local_ip: str | None = None) -> AsyncIterator[Post]:
-    """Post to the test server over real connections from a chosen loopback address, no pool limit."""
-    connector = aiohttp.TCPConnector(limit=0, local_addr=(local_ip, 0) if local_ip else None)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        def post(path: str, **kwargs: Any) -> Awaitable[aiohttp.ClientResponse]:
-            return session.post(str(client.make_url(path)), **kwargs)
-
-        yield post
-
-
-async def attempt(
-    post: Post, identifier: str, password: str, *, path: str = "/auth", forwarded_for: str | None = None
-) -> Answer:
-    """One login on /auth (JSON) or /auth/token (OAuth2 form)."""
-    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else None
-    if path == "/auth":
-        resp = await post("/auth", json={"username": identifier, "password": password}, headers=headers)
-    else:
-        form = {"grant_type": "password", "username": identifier, "password": password}
-        resp = await post("/auth/token", data=form, headers=headers)
-    body = await resp.json()
-    resp.release()
-    return Answer(resp.status, body, resp.headers)
 
 
 def assert_refused(answer: Answer, max_wait_s: float) -> None:

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from authsvc import config, metrics
 from authsvc.config import PRIVATE_NETWORKS, ConfigError
 from authsvc.keys import HASHER, POOL
+from authsvc.passwords import CHECK
 from helpers import PASSWORD, assert_error, bearer, login, signup
 from servers import quick_settings, serving
 
@@ -129,7 +130,7 @@ async def test_bcrypt_queue_depth_is_shown(make_client):
     hasher = client.app[HASHER]
     release = threading.Event()
     # Three jobs for one thread: one runs, two wait in the queue until released.
-    jobs = [asyncio.create_task(hasher._run(release.wait)) for _ in range(3)]
+    jobs = [asyncio.create_task(hasher._run(CHECK, release.wait)) for _ in range(3)]
     await asyncio.sleep(0)
     try:
         samples = await scrape(client)

@@ -23,7 +23,12 @@ password_schema = PasswordChangeSchema()
 async def signup(request: web.Request) -> web.Response:
     data = await read_json(request, signup_schema)
     user = await accounts.signup(
-        request.app, data["email"], data["password"], data.get("first_name"), data.get("last_name")
+        request.app,
+        data["email"],
+        data["password"],
+        data.get("first_name"),
+        data.get("last_name"),
+        client_address(request),
     )
     return web.json_response(user_json(user), status=201, headers={"Location": "/users/me"})
 
