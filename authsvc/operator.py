@@ -153,14 +153,19 @@ def _address(raw: str) -> str:
 async def reset_throttle(settings: Settings, identifier: str | None, address: str | None) -> tuple[int, int]:
     """Forget the failures of an account and/or an address; return (pairs, budgets) cleared."""
     key = normalise(identifier) if identifier is not None else None
-    async with _pool(settings) as pool, pool.acquire() as conn, conn.transaction():
-        pairs = await login_backoff.forget(conn, identifier=key, address=address)
+
+    async def work(conn: Any) -> tuple[int, int]:
+        # The login path's lock order (throttle.py): address budget, pairs, account budget.
         budgets = 0
-        if key is not None:
-            budgets += await login_budgets.forget(conn, "account", key)
         if address is not None:
             budgets += await login_budgets.forget(conn, "address", address)
-    return pairs, budgets
+        pairs = await login_backoff.forget(conn, identifier=key, address=address)
+        if key is not None:
+            budgets += await login_budgets.forget(conn, "account", key)
+        return pairs, budgets
+
+    async with _pool(settings) as pool, pool.acquire() as conn:
+        return await db.in_transaction(conn, work)
 
 
 def throttle_command(settings: Settings, args: Any, with_database: Callable[[Settings], Settings]) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncpg
 
 # Rows one pruning statement deletes at most: each stays far inside the statement timeout
-# however much a long pause (an outage, a flood) left behind.
+# however much a long pause (an outage, a flood) left behind. The throttle tables' prunes
+# pick their rows FOR UPDATE SKIP LOCKED: a row a login holds is left for the next round
+# rather than waited for, so pruning cannot deadlock with the login path's lock order.
 PRUNE_BATCH = 5000
 
 
