@@ -70,6 +70,7 @@ EVENT_BUFFER_MAX = 50_000
 # past either it is refused (429, Retry-After 1) rather than queued without end.
 PAIR_QUEUE_MAX = 64
 PAIR_QUEUE_WAIT = 10.0
+QUEUED_MAX = 10_000  # waiting for a turn in this process, all pairs together
 # While another replica holds the pair, how often to look again.
 HELD_POLL = 0.05
 # What the give-back path treats as "try again later" rather than a lost claim.
@@ -287,6 +288,7 @@ class LoginThrottle:
         self.parallel = parallel  # attempts a clean pair at a known address may have in flight
         self.clock = clock  # seconds; injected by tests, which move the database's rows to match
         self.sleeping = 0  # requests now waiting out their backoff in this process
+        self.queued = 0  # requests now waiting for their pair's turn in this process
         self._pairs: dict[tuple[str, str], _Pair] = {}
         self.refusals = RefusalEvents(pool)
         self.unreturned: list[tuple[Attempt, str]] = []  # claims to give back when the database is back
@@ -336,16 +338,18 @@ class LoginThrottle:
         """Wait until an attempt of the pair ends here (or `poll` seconds); refuse past the
         queue's bounds."""
         left = deadline - self.clock()
-        if left <= 0 or (poll is None and pair.waiting >= PAIR_QUEUE_MAX):
+        if left <= 0 or self.queued >= QUEUED_MAX or (poll is None and pair.waiting >= PAIR_QUEUE_MAX):
             self.refusals.add(identifier, address, "queue")
             raise TooManyAttempts(1)
         pair.waiting += 1
+        self.queued += 1
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(left, poll) if poll is not None else left):
                     await pair.turn.wait()
         finally:
             pair.waiting -= 1
+            self.queued -= 1
 
     def end_turn(self, key: str, address: str) -> None:
         """A claimed attempt of the pair reported its outcome (or was given up)."""

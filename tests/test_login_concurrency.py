@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from authsvc import throttle as throttle_module
 from authsvc.app import create_app
 from authsvc.keys import HASHER, THROTTLE
 
@@ -166,6 +167,20 @@ async def test_64_parallel_guesses_at_a_known_address_cost_at_most_the_hashing_t
     assert failures == hasher.checks - checks
     assert (await attempt(client.post, EMAIL, WRONG)).status == 429
     assert hasher.checks - checks == failures
+
+
+async def test_past_the_pairs_queue_a_login_is_refused_at_once_with_retry_after_1(start, monkeypatch):
+    monkeypatch.setattr(throttle_module, "PAIR_QUEUE_MAX", 3)
+    # A check of some tens of milliseconds: the twelve arrive while the first is checked.
+    client = await start(bcrypt_rounds=10)
+    await signup(client, EMAIL)  # never logged in from here: one attempt at a time
+    answers = await asyncio.gather(*(attempt(client.post, EMAIL, PASSWORD) for _ in range(12)))
+    counted = collections.Counter(a.status for a in answers)
+    assert set(counted) == {200, 429}, counted
+    assert counted[200] >= 4, counted  # the one in flight and the three queued behind it
+    for refused in (a for a in answers if a.status == 429):
+        assert refused.headers["Retry-After"] == "1", refused
+    assert client.app[THROTTLE].queued == 0
 
 
 # --- Retry-After tells the truth, for every budget ---
