@@ -97,6 +97,8 @@ SETTINGS = {
     # against the address until it succeeds, and 8 clients claim at once.
     "AUTHSVC_ACCOUNT_MAX_FAILURES_PER_HOUR": "10000",
     "AUTHSVC_ADDRESS_MAX_FAILURES_PER_MINUTE": "100000",
+    # The 50 users are signed up from one address.
+    "AUTHSVC_SIGNUP_MAX_PER_HOUR": "100000",
     # Tokens taken at the start must outlive a long soak.
     "AUTHSVC_ACCESS_TOKEN_TTL": "86400",
 }
