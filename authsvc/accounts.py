@@ -8,13 +8,14 @@ from aiohttp import web
 
 from .credentials import authenticate
 from .errors import EmailTaken, InvalidCredentials, WrongCurrentPassword
-from .keys import HASHER, POOL
+from .keys import HASHER, PASSWORD_POLICY, POOL
 from .repo import sessions as session_repo
 from .repo import users
 from .repo.users import User
 
 
 async def signup(app: web.Application, email: str, password: str, first_name: str | None, last_name: str | None) -> User:
+    await app[PASSWORD_POLICY].check(password, email, first_name, last_name)
     password_hash = await app[HASHER].hash(password)  # before taking a connection
     async with app[POOL].acquire() as conn:
         user = await users.insert(conn, email, password_hash, first_name, last_name)
@@ -32,6 +33,9 @@ async def change_password(
         await authenticate(app, user.email, current, address)
     except InvalidCredentials:
         raise WrongCurrentPassword() from None
+    # Only after the current password: a caller who has not proved it learns nothing more
+    # (403 whatever the new one is), and only proven callers spend the policy's CPU and lookup.
+    await app[PASSWORD_POLICY].check(new, user.email, user.first_name, user.last_name)
     new_hash = await app[HASHER].hash(new)
     async with app[POOL].acquire() as conn, conn.transaction():
         await users.update_password_hash(conn, user.id, new_hash)

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .db import Database
     from .metrics import Metrics
+    from .password_policy import PasswordPolicy
     from .passwords import PasswordHasher
     from .repo.users import User
     from .throttle import LoginThrottle
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 SETTINGS = web.AppKey("settings", "Settings")
 POOL = web.AppKey("pool", "Database")
 HASHER = web.AppKey("hasher", "PasswordHasher")
+PASSWORD_POLICY = web.AppKey("password_policy", "PasswordPolicy")
 TOKENS = web.AppKey("tokens", "TokenService")
 THROTTLE = web.AppKey("throttle", "LoginThrottle")
 METRICS = web.AppKey("metrics", "Metrics")
