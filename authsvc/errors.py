@@ -102,6 +102,11 @@ class PasswordContextual(PasswordRefused):
     message = "This password is made from the account's email address or name, which are guessed first."
 
 
+class PasswordBreached(PasswordRefused):
+    code = "password_breached"
+    message = "This password appears in data breaches, so it is in attackers' lists; choose another."
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"

@@ -196,8 +196,8 @@ RESPONSES: dict[str, dict[str, Any]] = {
     },
     "ValidationFailedOrPasswordRefused": {
         "description": "validation_failed: `details` maps each field (or _schema) to its messages; or a "
-        "well-formed new password refused: password_too_common or password_contextual (made from the "
-        "account's email or names), `message` saying why.",
+        "well-formed new password refused: password_too_common, password_contextual (made from the "
+        "account's email or names) or password_breached, `message` saying why.",
     },
     "TooManyAttempts": {
         "description": "too_many_attempts: a login budget is spent; wait Retry-After seconds.",

@@ -224,6 +224,8 @@ def _shown(settings: Settings, name: str) -> str:
         return f"(unset: {settings.public_url})"
     if name == "signing_keys_file" and value is None:
         return f"(unset: {settings.keys_file})"
+    if name == "breached_passwords_url":  # a private mirror's URL may carry a credential
+        return mask_url(value) if value else "(unset: no breached-password check)"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):

@@ -297,6 +297,7 @@ async def test_settings_show_every_setting_and_no_secret(settings, tmp_path):
         AUTHSVC_PASSWORD_PEPPER=secret_values[3],
         AUTHSVC_INTROSPECTION_CLIENTS=f"orders:{secret_values[4]},billing:{secret_values[5]}",
         AUTHSVC_PORT="9000",
+        AUTHSVC_BREACHED_PASSWORDS_URL=f"https://mirror:{secret_values[1]}@pwned.internal",
     )
     code, out, err = await run(env, "settings")
     assert code == 0, err
@@ -307,6 +308,7 @@ async def test_settings_show_every_setting_and_no_secret(settings, tmp_path):
     assert shown["AUTHSVC_TOKEN_SECRET"] == shown["AUTHSVC_PASSWORD_PEPPER"] == "***"
     assert shown["AUTHSVC_INTROSPECTION_CLIENTS"] == "orders:***,billing:***"
     assert shown["AUTHSVC_PORT"] == "9000" and shown["AUTHSVC_HOST"] == "127.0.0.1  [default]"
+    assert shown["AUTHSVC_BREACHED_PASSWORDS_URL"] == "https://mirror:***@pwned.internal"
     _assert_no_secret(out + err, secret_values)
 
     # Secrets from the data dir are named by their file, and masked like the others.

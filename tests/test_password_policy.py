@@ -1,22 +1,26 @@
-"""Refused new passwords: common ones, and ones made from the account.
+"""Refused new passwords: common ones, ones made from the account, and (optionally) breached ones.
 
 The rule's own tests come first and need no server; then signup and password change over
-real HTTP on the run's database.
+real HTTP on the run's database; then the breached-password check against a local range API.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from authsvc import password_policy
 from authsvc.errors import Busy
-from authsvc.password_policy import MAX_JUDGED, PasswordPolicy, judge, user_inputs
+from authsvc.password_policy import MAX_JUDGED, PasswordPolicy, RangeAnswerError, breach_count, judge, user_inputs
 
 from helpers import PASSWORD, assert_error, bearer, login, signup
 
@@ -178,3 +182,142 @@ async def test_a_full_queue_answers_busy(monkeypatch: pytest.MonkeyPatch) -> Non
         release.set()
         policy.close()
 
+
+# --- the breached-password check ---
+
+
+def sha1(password: str) -> str:
+    return hashlib.sha1(password.encode("utf-8")).hexdigest().upper()
+
+
+BREACHED = "a passphrase from a breach"  # strong to zxcvbn, listed by the range API below
+PADDED = "a passphrase in the padding"  # listed with count 0: padding, not a hit
+
+
+def test_range_answers_are_read_strictly() -> None:
+    suffix = sha1(BREACHED)[5:]
+    lines = f"{'0' * 35}:3\r\n{suffix.lower()}:42\r\n{'F' * 35}:0\r\n"
+    assert breach_count(lines, suffix) == 42
+    assert breach_count(lines, "0" * 34 + "1") == 0
+    assert breach_count(lines, "F" * 35) == 0  # padding
+    for garbage in ("", "\n\n", "<html>busy</html>", f"{suffix}:many", f"{suffix[:-1]}:1", f"{suffix}:1:2"):
+        with pytest.raises(RangeAnswerError):
+            breach_count(garbage, suffix)
+
+
+class RangeApi:
+    """A Pwned Passwords compatible range API on 127.0.0.1, noting every request it gets."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.mode = "answer"  # or "slow", "garbage", "error"
+        self.requests: list[dict[str, Any]] = []
+        self.app = web.Application()
+        self.app.router.add_get("/range/{prefix}", self.range)
+
+    async def range(self, request: web.Request) -> web.Response:
+        self.requests.append({
+            "path": request.path_qs, "headers": dict(request.headers), "body": await request.read(),
+        })
+        if self.mode == "slow":
+            await asyncio.sleep(1)
+        if self.mode == "garbage":
+            return web.Response(text="<html>Service temporarily busy</html>")
+        if self.mode == "error":
+            return web.Response(status=503, text="down for maintenance")
+        prefix = request.match_info["prefix"]
+        lines = [f"{prefix[:1]}{'0' * 34}:7", f"{prefix[:1]}{'1' * 34}:0"]
+        for password, count in ((BREACHED, 1234), (PADDED, 0)):
+            if sha1(password).startswith(prefix):
+                lines.append(f"{sha1(password)[5:]}:{count}")
+        return web.Response(text="\r\n".join(lines))
+
+
+@pytest.fixture
+async def range_api() -> Any:
+    api = RangeApi()
+    server = TestServer(api.app, host="127.0.0.1")
+    await server.start_server()
+    api.url = str(server.make_url("")).rstrip("/")
+    yield api
+    await server.close()
+
+
+@pytest.fixture
+async def checked(make_client: Callable[..., Awaitable[TestClient]], range_api: RangeApi) -> TestClient:
+    return await make_client(breached_passwords_url=range_api.url, breached_passwords_timeout=0.3)
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "authsvc.password_policy"]
+
+
+async def test_a_breached_password_is_refused_sending_only_the_hash_prefix(
+    checked: TestClient, range_api: RangeApi, db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    resp = await checked.post("/users", json={"email": EMAIL, "password": BREACHED})
+    body = await assert_error(resp, 422, "password_breached")
+    assert "breach" in body["message"]
+    assert await user_rows(db) == []
+    [sent] = range_api.requests
+    assert sent["path"] == f"/range/{sha1(BREACHED)[:5]}" and sent["body"] == b""
+    everything = repr(sent).upper()
+    assert sha1(BREACHED)[5:] not in everything and BREACHED.upper() not in everything
+    assert not any(sha1(BREACHED) in r.getMessage().upper() or BREACHED in r.getMessage() for r in caplog.records)
+
+
+async def test_a_miss_and_a_padding_entry_are_accepted(checked: TestClient, range_api: RangeApi) -> None:
+    await signup(checked, EMAIL)
+    await signup(checked, "padded@example.com", password=PADDED)
+    assert len(range_api.requests) == 2
+
+
+async def test_a_common_password_is_never_looked_up(checked: TestClient, range_api: RangeApi) -> None:
+    resp = await checked.post("/users", json={"email": EMAIL, "password": "password"})
+    await assert_error(resp, 422, "password_too_common")
+    assert range_api.requests == []
+
+
+async def test_a_breached_new_password_is_refused_at_change(checked: TestClient, db: Any) -> None:
+    await signup(checked, EMAIL)
+    auth = bearer(await login(checked, EMAIL))
+    before = (await user_rows(db))[0]["password_hash"]
+    change = {"current_password": PASSWORD, "new_password": BREACHED}
+    await assert_error(await checked.post("/users/me/password", json=change, headers=auth), 422, "password_breached")
+    assert (await user_rows(db))[0]["password_hash"] == before
+    await login(checked, EMAIL)
+
+
+@pytest.mark.parametrize("mode", ["slow", "garbage", "error"])
+async def test_an_unusable_answer_fails_open_with_one_line_per_outage(
+    checked: TestClient, range_api: RangeApi, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    caplog.set_level(logging.WARNING, "authsvc.password_policy")
+    range_api.mode = mode
+    started = time.perf_counter()
+    for i in range(3):  # even the breached one: the check cannot tell
+        await signup(checked, f"user{i}@example.com", password=BREACHED)
+    assert time.perf_counter() - started < 2.5  # the timeout (0.3 s) each, not the 1 s sleep
+    [down] = outage_lines(caplog)
+    assert "unavailable" in down and "accepting new passwords without it" in down
+    range_api.mode = "answer"
+    refused = await checked.post("/users", json={"email": EMAIL, "password": BREACHED})
+    await assert_error(refused, 422, "password_breached")
+    await signup(checked, EMAIL)
+    [_, back] = outage_lines(caplog)
+    assert "available again" in back and "3 new password(s) accepted unchecked" in back
+
+
+async def test_a_service_that_is_not_there_fails_open(
+    make_client: Callable[..., Awaitable[TestClient]], range_api: RangeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "authsvc.password_policy")
+    server = TestServer(web.Application(), host="127.0.0.1")
+    await server.start_server()
+    gone = str(server.make_url("")).rstrip("/")
+    await server.close()  # nothing listens there now: connection refused
+    client = await make_client(breached_passwords_url=gone, breached_passwords_timeout=0.3)
+    await signup(client, EMAIL, password=BREACHED)
+    await signup(client, "second@example.com", password=BREACHED)
+    [line] = outage_lines(caplog)
+    assert "(ClientConnectorError)" in line
