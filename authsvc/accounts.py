@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .credentials import authenticate
 from .errors import EmailTaken, InvalidCredentials, WrongCurrentPassword
-from .keys import HASHER, POOL, SIGNUPS
+from .keys import HASHER, PASSWORD_POLICY, POOL, SIGNUPS
 from .repo import sessions as session_repo
 from .repo import users
 from .repo.users import User
@@ -24,8 +24,11 @@ async def signup(
 ) -> User:
     """Create an account; `address` is the client's, whose signup budget it takes (None: an
     operator's command, which has none)."""
+    # The budget first: the policy's work (zxcvbn, a breached-password look-up when
+    # configured) is paid for like the hash, so a client cannot drive it past its budget.
     if address is not None:
         await app[SIGNUPS].take(address)
+    await app[PASSWORD_POLICY].check(password, email, first_name, last_name)
     password_hash = await app[HASHER].hash(password)  # before taking a connection
     async with app[POOL].acquire() as conn:
         user = await users.insert(conn, email, password_hash, first_name, last_name)
@@ -43,6 +46,9 @@ async def change_password(
         await authenticate(app, user.email, current, address)
     except InvalidCredentials:
         raise WrongCurrentPassword() from None
+    # Only after the current password: a caller who has not proved it learns nothing more
+    # (403 whatever the new one is), and only proven callers spend the policy's CPU and lookup.
+    await app[PASSWORD_POLICY].check(new, user.email, user.first_name, user.last_name)
     new_hash = await app[HASHER].hash(new)
     async with app[POOL].acquire() as conn, conn.transaction():
         await users.update_password_hash(conn, user.id, new_hash)

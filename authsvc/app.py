@@ -10,13 +10,14 @@ from aiohttp import web
 
 from .config import Settings
 from .db import pool_ctx
-from .keys import CLOCK, HASHER, METRICS, OPENAPI, SETTINGS, TOKENS
+from .keys import CLOCK, HASHER, METRICS, OPENAPI, PASSWORD_POLICY, SETTINGS, TOKENS
 from .middlewares import bearer_auth, errors_to_json, security_headers
 from .keyring import KeyRing
 from .logs import quiet_malformed_requests
 from .metrics import Metrics, metrics_ctx
 from .observe import echo_request_id, observe
 from .openapi import document_bytes
+from .password_policy import open_policy
 from .passwords import PasswordHasher
 from .sessions import sessions_ctx
 from .throttle import throttle_ctx
@@ -39,6 +40,12 @@ async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
     app[HASHER] = hasher
     yield
     hasher.close()
+
+
+async def password_policy_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with open_policy(app[SETTINGS]) as policy:
+        app[PASSWORD_POLICY] = policy
+        yield
 
 
 def _setup_cors(app: web.Application, origins: tuple[str, ...]) -> None:
@@ -98,6 +105,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] | None = None) 
         key_ring(settings), settings.issuer, settings.audience, settings.access_token_ttl, settings.token_leeway
     )
     app.cleanup_ctx.append(hasher_ctx)
+    app.cleanup_ctx.append(password_policy_ctx)
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(throttle_ctx)
     app.cleanup_ctx.append(sessions_ctx)

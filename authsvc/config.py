@@ -93,6 +93,10 @@ class Settings:
     db_connect_timeout: float = 5.0
     db_acquire_timeout: float = 5.0
     db_statement_timeout: float = 5.0
+    # Passwords: an optional Pwned Passwords compatible range API (k-anonymity: only the
+    # first 5 hex digits of the SHA-1 leave); unset, no breached-password check is made.
+    breached_passwords_url: str | None = None
+    breached_passwords_timeout: float = 2.0
 
     @property
     def embedded(self) -> bool:
@@ -309,6 +313,9 @@ FIELDS: dict[str, Callable[[str], Any]] = {
     "db_connect_timeout": _seconds(0.1, 300),
     "db_acquire_timeout": _seconds(0.1, 300),
     "db_statement_timeout": _seconds(0.1, 3600),
+    # Passwords
+    "breached_passwords_url": _url,
+    "breached_passwords_timeout": _seconds(0.1, 30),
 }
 
 

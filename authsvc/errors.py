@@ -84,6 +84,29 @@ class ValidationFailed(ApiError):
     message = "Some fields are not valid."
 
 
+class PasswordRefused(ApiError):
+    """A well-formed new password that the password policy refuses (password_policy.py)."""
+
+    status = 422
+    code = "password_refused"
+    message = "Choose another password."
+
+
+class PasswordTooCommon(PasswordRefused):
+    code = "password_too_common"
+    message = "This password is too easy to guess."
+
+
+class PasswordContextual(PasswordRefused):
+    code = "password_contextual"
+    message = "This password is made from the account's email address or name, which are guessed first."
+
+
+class PasswordBreached(PasswordRefused):
+    code = "password_breached"
+    message = "This password appears in data breaches, so it is in attackers' lists; choose another."
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"

@@ -8,11 +8,19 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    pass
+    from .config import Settings
+    from .db import Database
+    from .metrics import Metrics
+    from .password_policy import PasswordPolicy
+    from .passwords import PasswordHasher
+    from .repo.users import User
+    from .throttle import LoginThrottle, SignupBudget
+    from .tokens import TokenService
 
 SETTINGS = web.AppKey("settings", "Settings")
 POOL = web.AppKey("pool", "Database")
 HASHER = web.AppKey("hasher", "PasswordHasher")
+PASSWORD_POLICY = web.AppKey("password_policy", "PasswordPolicy")
 TOKENS = web.AppKey("tokens", "TokenService")
 THROTTLE = web.AppKey("throttle", "LoginThrottle")
 SIGNUPS = web.AppKey("signups", "SignupBudget")

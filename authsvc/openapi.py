@@ -76,7 +76,7 @@ class Operation:
     query: type[Schema] | None = None
     auth: str | None = BEARER  # None: public
     database: bool = True  # needs the database, so 503 when it is down
-    errors: tuple[int, ...] = ()  # statuses beyond those its kind implies
+    errors: tuple[int, ...] = ()  # statuses beyond those its kind implies, or a more specific answer
     ok_headers: tuple[str, ...] = ()
     description: str = ""
 
@@ -138,14 +138,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     # --- users ---
     ("POST", "/users"): Operation(
-        "Sign up", "users", UserSchema, ok=201, json=SignupSchema, auth=None, errors=(409,),
+        "Sign up", "users", UserSchema, ok=201, json=SignupSchema, auth=None, errors=(409, 422),
         ok_headers=("Location",),
     ),
     ("GET", "/users/me"): Operation("The current user", "users", UserSchema),
     ("PATCH", "/users/me"): Operation("Change the current user's names", "users", UserSchema, json=UserPatchSchema),
     ("DELETE", "/users/me"): Operation("Delete the current user, its sessions and todos", "users", ok=204),
     ("POST", "/users/me/password"): Operation(
-        "Change the password; other sessions end", "users", ok=204, json=PasswordChangeSchema, errors=(403, 429),
+        "Change the password; other sessions end", "users", ok=204, json=PasswordChangeSchema, errors=(403, 422, 429),
     ),
     # --- todos ---
     ("GET", "/todos"): Operation(
@@ -194,6 +194,11 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "ValidationFailed": {
         "description": "validation_failed: `details` maps each field (or _schema) to its messages.",
     },
+    "ValidationFailedOrPasswordRefused": {
+        "description": "validation_failed: `details` maps each field (or _schema) to its messages; or a "
+        "well-formed new password refused: password_too_common, password_contextual (made from the "
+        "account's email or names) or password_breached, `message` saying why.",
+    },
     "TooManyAttempts": {
         "description": "too_many_attempts: a login budget is spent; wait Retry-After seconds.",
         "headers": {"Retry-After": "Seconds to wait."},
@@ -233,6 +238,7 @@ def _error_statuses(op: Operation) -> dict[int, str]:
         403: "Forbidden",
         404: "NotFound",
         409: "Conflict",
+        422: "ValidationFailedOrPasswordRefused",  # a new password: the policy's refusals too
         429: "TooManyAttempts",
     }
     for status in op.errors:

@@ -22,8 +22,9 @@ from marshmallow import ValidationError
 
 from . import accounts, config, db, secretfiles
 from .config import ConfigError, Settings, env_name
-from .errors import EmailTaken
-from .keys import HASHER, POOL
+from .errors import EmailTaken, PasswordRefused
+from .keys import HASHER, PASSWORD_POLICY, POOL
+from .password_policy import open_policy
 from .passwords import PasswordHasher
 from .repo import login_backoff, login_budgets, users
 from .repo import sessions as session_repo
@@ -84,18 +85,21 @@ async def create_user(settings: Settings, data: dict[str, Any]) -> User:
     assert settings.password_pepper is not None, "resolve the pepper first (secretfiles.resolve_pepper)"
     hasher = PasswordHasher(settings.password_pepper, settings.bcrypt_rounds, workers=1, queue=1)
     try:
-        async with _pool(settings) as pool:
-            # accounts.signup finds its pool and hasher on the app: one holding just those
-            # lets the command take the very path POST /users takes.
+        async with _pool(settings) as pool, open_policy(settings) as policy:
+            # accounts.signup finds its pool, hasher and password policy on the app: one holding
+            # just those lets the command take the very path POST /users takes.
             app = web.Application()
             app[POOL] = pool
             app[HASHER] = hasher
+            app[PASSWORD_POLICY] = policy
             try:
                 return await accounts.signup(
                     app, data["email"], data["password"], data.get("first_name"), data.get("last_name")
                 )
             except EmailTaken:
                 raise CommandFailed(f"a user with email {data['email']} exists already") from None
+            except PasswordRefused as exc:  # a bad argument, like a password that is too short
+                raise ConfigError("password", exc.message) from None
     finally:
         hasher.close()
 
@@ -225,6 +229,8 @@ def _shown(settings: Settings, name: str) -> str:
         return f"(unset: {settings.public_url})"
     if name == "signing_keys_file" and value is None:
         return f"(unset: {settings.keys_file})"
+    if name == "breached_passwords_url":  # a private mirror's URL may carry a credential
+        return mask_url(value) if value else "(unset: no breached-password check)"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):

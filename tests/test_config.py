@@ -39,6 +39,16 @@ def test_values_are_parsed():
     assert not s.embedded
 
 
+def test_the_breached_password_check_is_off_unless_configured():
+    s = config.from_env({})
+    assert (s.breached_passwords_url, s.breached_passwords_timeout) == (None, 2.0)
+    s = config.from_env({
+        "AUTHSVC_BREACHED_PASSWORDS_URL": "https://api.pwnedpasswords.com/",
+        "AUTHSVC_BREACHED_PASSWORDS_TIMEOUT": "0.5",
+    })
+    assert (s.breached_passwords_url, s.breached_passwords_timeout) == ("https://api.pwnedpasswords.com", 0.5)
+
+
 @pytest.mark.parametrize(
     ("var", "value"),
     [
@@ -57,6 +67,8 @@ def test_values_are_parsed():
         ("AUTHSVC_PASSWORD_PEPPER", "correct-horse-battery-staple-123"[:20]),
         ("AUTHSVC_HOST", "  "),
         ("AUTHSVC_LOG_LEVEL", "LOUD"),
+        ("AUTHSVC_BREACHED_PASSWORDS_URL", "api.pwnedpasswords.com"),
+        ("AUTHSVC_BREACHED_PASSWORDS_TIMEOUT", "0"),
         ("AUTHSVC_NO_SUCH_SETTING", "1"),
     ],
 )

@@ -237,6 +237,13 @@ def test_refusals_match_the_document(strict_server: LiveServer) -> None:
     conforms("GET", "/todos/{id}", http.get(f"{url}/todos/{todo['id'] + 100}", headers=account.bearer()), 404)
     conforms("DELETE", "/todos/{id}", http.delete(f"{url}/todos/abc", headers=account.bearer()), 404)
     conforms("POST", "/users", http.post(f"{url}/users", json={"email": EMAIL, "password": PASSWORD}), 409)
+    # Well-formed passwords the password policy refuses: 422 with its own codes.
+    weak = http.post(f"{url}/users", json={"email": "weak@example.com", "password": "Password1"})
+    conforms("POST", "/users", weak, 422)
+    weak_change = {"current_password": PASSWORD, "new_password": "qwertyuiop"}
+    answer = http.post(f"{url}/users/me/password", json=weak_change, headers=account.bearer())
+    conforms("POST", "/users/me/password", answer, 422)
+    assert (weak.json()["error"], answer.json()["error"]) == ("password_too_common", "password_too_common")
     wrong = {"current_password": "not the password", "new_password": PASSWORD + "!"}
     answer = http.post(f"{url}/users/me/password", json=wrong, headers=account.bearer())
     conforms("POST", "/users/me/password", answer, 403)

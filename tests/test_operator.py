@@ -122,6 +122,19 @@ async def test_create_applies_the_signup_rules(client, settings, tmp_path):
 # --- users disable / enable ---
 
 
+async def test_create_refuses_a_guessable_password_in_one_line(settings, tmp_path, db):
+    """The password policy of POST /users, reached through the same accounts.signup."""
+    env = _env(settings, tmp_path)
+    for args, password, message in [
+        ([EMAIL], "Password1", "authsvc: password: This password is too easy to guess. This is a very common"),
+        ([EMAIL, "--last-name", "Quillfeather"], "Quillfeather", "authsvc: password: This password is made from"),
+        ([EMAIL], EMAIL, "authsvc: password: This password is made from the account's email address or name"),
+    ]:
+        code, out, err = await run(env, "users", "create", *args, "--password-stdin", stdin=password + "\n")
+        assert (code, out) == (2, "") and err.startswith(message) and len(err.splitlines()) == 1, err
+    assert await db.fetch("SELECT id FROM users") == []
+
+
 async def test_disable_ends_every_session_and_login_answers_as_a_wrong_password(client, settings, tmp_path, db):
     await signup(client, EMAIL)
     pairs = []
@@ -284,6 +297,7 @@ async def test_settings_show_every_setting_and_no_secret(settings, tmp_path):
         AUTHSVC_PASSWORD_PEPPER=secret_values[3],
         AUTHSVC_INTROSPECTION_CLIENTS=f"orders:{secret_values[4]},billing:{secret_values[5]}",
         AUTHSVC_PORT="9000",
+        AUTHSVC_BREACHED_PASSWORDS_URL=f"https://mirror:{secret_values[1]}@pwned.internal",
     )
     code, out, err = await run(env, "settings")
     assert code == 0, err
@@ -294,6 +308,7 @@ async def test_settings_show_every_setting_and_no_secret(settings, tmp_path):
     assert shown["AUTHSVC_TOKEN_SECRET"] == shown["AUTHSVC_PASSWORD_PEPPER"] == "***"
     assert shown["AUTHSVC_INTROSPECTION_CLIENTS"] == "orders:***,billing:***"
     assert shown["AUTHSVC_PORT"] == "9000" and shown["AUTHSVC_HOST"] == "127.0.0.1  [default]"
+    assert shown["AUTHSVC_BREACHED_PASSWORDS_URL"] == "https://mirror:***@pwned.internal"
     _assert_no_secret(out + err, secret_values)
 
     # Secrets from the data dir are named by their file, and masked like the others.
