@@ -6,6 +6,7 @@ import uuid
 
 from aiohttp import web
 
+from . import emails
 from .credentials import authenticate
 from .errors import EmailTaken, InvalidCredentials, WrongCurrentPassword
 from .keys import HASHER, POOL
@@ -15,9 +16,12 @@ from .repo.users import User
 
 
 async def signup(app: web.Application, email: str, password: str, first_name: str | None, last_name: str | None) -> User:
+    """A new account; EmailTaken when its address, or one that looks like it, has one already.
+    emails.InvalidEmail for an address the schema would have refused."""
+    address = emails.normalise(email)
     password_hash = await app[HASHER].hash(password)  # before taking a connection
     async with app[POOL].acquire() as conn:
-        user = await users.insert(conn, email, password_hash, first_name, last_name)
+        user = await users.insert(conn, address, password_hash, first_name, last_name)
     if user is None:
         raise EmailTaken()
     return user

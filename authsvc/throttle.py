@@ -57,8 +57,10 @@ EVENT_BUFFER_MAX = 50_000
 
 
 def normalise(identifier: str) -> str:
-    """The budget key of a login identifier: emails are case-insensitive here."""
-    return identifier.lower()
+    """The budget key of a login identifier: the key its account is looked up by."""
+    from .emails import lookup_key
+
+    return lookup_key(identifier)
 
 
 @dataclass(frozen=True)

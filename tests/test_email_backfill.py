@@ -131,6 +131,31 @@ async def test_existing_rows_are_keyed_oldest_first(old_database, monkeypatch, c
     assert await user_rows(old_database) == rows
 
 
+async def test_after_the_backfill_the_service_knows_everyone(old_database, aiohttp_client, base_settings):
+    await run_migrate(old_database)
+    client = await aiohttp_client(create_app(base_settings.replace(database_url=old_database)))
+
+    async def logs_in_as(identifier: str) -> int | None:
+        resp = await client.post("/auth", json={"username": identifier, "password": PASSWORD})
+        if resp.status != 200:
+            await assert_error(resp, 401, "invalid_credentials")
+            return None
+        me = await client.get("/users/me", headers=bearer((await resp.json())["access_token"]))
+        return (await me.json())["id"]
+
+    assert await logs_in_as("ann.h@example.com") == 1
+    assert await logs_in_as("ａｎｎ.ｈ@example.com") == 1  # the duplicate's spelling finds the holder
+    assert await logs_in_as("bill@example.com") == 4
+    assert await logs_in_as("bi1l@example.com") == 5  # a look-alike kept its login
+    assert await logs_in_as("BOB@localhost") == 6
+    assert await logs_in_as("carol@example.com") == 7
+    assert await logs_in_as("\ufdfa" * 14 + "@example.com") == 8
+    assert await logs_in_as("dave@xn--bcher-kva.de") == 9
+    for taken in ("ａｎｎ.ｈ@example.com", "ann.h@examp1e.com", "bi11@example.com", "dave@BÜCHER.de"):
+        resp = await client.post("/users", json={"email": taken, "password": PASSWORD})
+        await assert_error(resp, 409, "email_taken")
+
+
 async def test_rows_an_older_replica_writes_meanwhile(old_database, aiohttp_client, base_settings):
     """During a rolling deploy, replicas of the previous release still sign people up without
     keys: such rows are found as before until the next migrate keys them."""
@@ -148,6 +173,8 @@ async def test_rows_an_older_replica_writes_meanwhile(old_database, aiohttp_clie
         eve = await conn.fetchval("SELECT id FROM users WHERE email = 'Eve@example.com'")
     finally:
         await conn.close()
+    resp = await client.post("/auth", json={"username": "eve@example.com", "password": PASSWORD})
+    assert resp.status == 200
     await run_migrate(old_database)
     rows = {r["email"]: r for r in await user_rows(old_database)}
     assert rows["Eve@example.com"]["email_key"] == "eve@example.com"

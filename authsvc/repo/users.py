@@ -5,6 +5,8 @@ from datetime import datetime
 
 import asyncpg
 
+from ..emails import Address, lookup_key
+
 COLUMNS = (
     "id, email, password_hash, first_name, last_name, created_at, updated_at, disabled_at,"
     " email_key, email_skeleton, email_collides_with"
@@ -32,17 +34,20 @@ def _user(row: asyncpg.Record | None) -> User | None:
 
 
 async def insert(
-    conn: asyncpg.Connection, email: str, password_hash: str, first_name: str | None, last_name: str | None
+    conn: asyncpg.Connection, address: Address, password_hash: str, first_name: str | None, last_name: str | None
 ) -> User | None:
-    """Insert a user; None when the email is taken (case-insensitively)."""
+    """Insert a user; None when the address is taken: the same key, or the same skeleton (a
+    look-alike), or (rows not keyed yet) the same lower(email)."""
     row = await conn.fetchrow(
         f"""
-        INSERT INTO users (email, password_hash, first_name, last_name)
-        VALUES ($1, $2, $3, $4)
-        ON CONFLICT ((lower(email))) DO NOTHING
+        INSERT INTO users (email, email_key, email_skeleton, password_hash, first_name, last_name)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT DO NOTHING
         RETURNING {COLUMNS}
         """,
-        email,
+        address.email,
+        address.key,
+        address.skeleton,
         password_hash,
         first_name,
         last_name,
@@ -51,7 +56,19 @@ async def insert(
 
 
 async def select_by_email(conn: asyncpg.Connection, email: str) -> User | None:
-    return _user(await conn.fetchrow(f"SELECT {COLUMNS} FROM users WHERE lower(email) = lower($1)", email))
+    """The account an address typed at login (or given to a command) names, if any."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT {COLUMNS} FROM users
+         WHERE email_key = $1
+            OR (email_key IS NULL AND email_collides_with IS NULL AND lower(email) = lower($2))
+         ORDER BY email_key IS NULL, id
+         LIMIT 1
+        """,
+        lookup_key(email),
+        email,
+    )
+    return _user(row)
 
 
 # --- the backfill of migration 0005 (authsvc/email_backfill.py) ---
