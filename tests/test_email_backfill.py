@@ -196,3 +196,34 @@ async def test_a_fresh_database_has_nothing_to_key(databases):
         assert await email_backfill.run(conn) == 0
     finally:
         await conn.close()
+
+
+async def test_a_signup_that_wins_the_race_for_a_key_is_looked_at_again(databases, password_hash, monkeypatch):
+    """A new signup can commit the key between the backfill's look-up and its update: the
+    update's unique violation undoes that row only, and the row is looked at again."""
+    url = databases.create()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO users (email, email_key, email_skeleton, password_hash) VALUES ($1, $1, $2, $3)",
+            "ann.h@example.com",
+            "ann.h@exarnple.corn",
+            password_hash,
+        )
+        old = await conn.fetchval(
+            "INSERT INTO users (email, password_hash) VALUES ('ａｎｎ.ｈ@example.com', $1) RETURNING id", password_hash
+        )
+        looked: list[int] = []
+        select_holder = email_backfill.users.select_holder
+
+        async def blind_once(*args: Any) -> Any:
+            looked.append(1)
+            return None if len(looked) == 1 else await select_holder(*args)
+
+        monkeypatch.setattr(email_backfill.users, "select_holder", blind_once)
+        assert await email_backfill.run(conn) == 1
+        assert len(looked) == 2
+        row = await conn.fetchrow("SELECT email_key, email_collides_with, disabled_at FROM users WHERE id = $1", old)
+        assert (row["email_key"], row["email_collides_with"]) == (None, 1) and row["disabled_at"] is not None
+    finally:
+        await conn.close()
