@@ -26,7 +26,7 @@ class User:
     # authsvc/emails.py; NULL until the backfill of migration 0005 reached a row written before it
     email_key: str | None = None
     email_skeleton: str | None = None
-    email_collides_with: int | None = None  # the older account the backfill found it collides with
+    email_collides_with: int | None = None  # the account whose key or skeleton the backfill found it shares
 
 
 def _user(row: asyncpg.Record | None) -> User | None:
