@@ -6,6 +6,7 @@ import uuid
 
 from aiohttp import web
 
+from . import emails
 from .credentials import authenticate
 from .errors import EmailTaken, InvalidCredentials, WrongCurrentPassword
 from .keys import HASHER, PASSWORD_POLICY, POOL, SIGNUPS
@@ -23,15 +24,17 @@ async def signup(
     address: str | None = None,
 ) -> User:
     """Create an account; `address` is the client's, whose signup budget it takes (None: an
-    operator's command, which has none)."""
-    # The budget first: the policy's work (zxcvbn, a breached-password look-up when
+    operator's command, which has none). EmailTaken when the email, or one that looks like
+    it, has an account already; emails.InvalidEmail for an address the schema would refuse."""
+    normalised = emails.normalise(email)
+    # The budget before the policy: its work (zxcvbn, a breached-password look-up when
     # configured) is paid for like the hash, so a client cannot drive it past its budget.
     if address is not None:
         await app[SIGNUPS].take(address)
-    await app[PASSWORD_POLICY].check(password, email, first_name, last_name)
+    await app[PASSWORD_POLICY].check(password, normalised.email, first_name, last_name)
     password_hash = await app[HASHER].hash(password)  # before taking a connection
     async with app[POOL].acquire() as conn:
-        user = await users.insert(conn, email, password_hash, first_name, last_name)
+        user = await users.insert(conn, normalised, password_hash, first_name, last_name)
     if user is None:
         raise EmailTaken()
     return user

@@ -6,16 +6,25 @@ import asyncio
 import logging
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+
+from . import email_backfill
 
 log = logging.getLogger(__name__)
 
 # Any fixed number, shared by every replica: only one of them migrates at a time.
 LOCK_ID = 0x61757468737663  # "authsvc"
 FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# What SQL cannot do for a migration, run right after its file and again at every later
+# migrate, under the same lock, before the migrations that follow it: each step is
+# idempotent and cheap once done.
+STEPS: dict[tuple[int, str], Callable[[asyncpg.Connection], Awaitable[object]]] = {
+    (6, "email_keys"): email_backfill.run,
+}
 
 
 class MigrationError(Exception):
@@ -95,18 +104,20 @@ async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> li
         _check_not_ahead(applied, known)
         done = []
         for migration in known:
-            if migration.version in applied:
-                continue
-            sql = await asyncio.to_thread(migration.path.read_text, encoding="utf-8")
-            async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
-            log.info("applied migration %04d_%s", migration.version, migration.name)
-            done.append(migration)
+            if migration.version not in applied:
+                sql = await asyncio.to_thread(migration.path.read_text, encoding="utf-8")
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+                done.append(migration)
+            step = STEPS.get((migration.version, migration.name))
+            if step is not None:
+                await step(conn)
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_ID)

@@ -6,6 +6,8 @@ from typing import Any
 
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from . import emails
+
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024  # characters; keeps refusing an absurd password cheaper than hashing it
 
@@ -35,8 +37,18 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
-class Email(fields.Email, Text):
-    pass
+class Email(Text):
+    """An address as it is stored: normalised (authsvc/emails.py); invisible, format and control
+    characters are refused, and so is what email-validator refuses."""
+
+    default_error_messages = {"not_email": "Not a valid email address. {reason}"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return emails.normalise(text).email
+        except emails.InvalidEmail as exc:
+            raise self.make_error("not_email", reason=exc) from None
 
 
 class Base(Schema):

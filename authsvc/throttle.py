@@ -78,8 +78,10 @@ RETRY_LATER = (*UNAVAILABLE_ERRORS, *CONTENTION_ERRORS, Contended)
 
 
 def normalise(identifier: str) -> str:
-    """The budget key of a login identifier: emails are case-insensitive here."""
-    return identifier.lower()
+    """The budget key of a login identifier: the key its account is looked up by."""
+    from .emails import lookup_key
+
+    return lookup_key(identifier)
 
 
 @dataclass(frozen=True)

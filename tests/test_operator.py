@@ -204,6 +204,28 @@ async def test_unknown_users_and_unmigrated_databases_are_one_line_and_exit_1(au
     assert code == 1 and err.startswith("authsvc: ") and "run `authsvc migrate` first" in err
 
 
+async def test_disable_and_enable_find_the_account_by_a_look_alike_spelling(client, authsvc):
+    """The commands normalise the address as a login does (authsvc/emails.py)."""
+    await signup(client, EMAIL)
+    fullwidth = "ＡＤＡ@ｅｘａｍｐｌｅ.ｃｏｍ"
+    code, out, err = await authsvc("users", "disable", fullwidth)
+    assert code == 0, err
+    assert out == f"authsvc: user 1 {EMAIL} disabled; 0 session(s) ended\n"
+    assert (await answer(client, PASSWORD))[0] == 401
+    assert (await authsvc("users", "enable", "ada\u200b@example.com"))[0] == 0
+    assert (await answer(client, PASSWORD))[0] == 200
+    # A look-alike by skeleton only is another address: nobody here.
+    assert await authsvc("users", "disable", "ada@examp1e.com") == (1, "", "authsvc: no user with email ada@examp1e.com\n")
+
+
+async def test_create_refuses_a_look_alike_of_an_account(client, settings, tmp_path):
+    await signup(client, EMAIL)
+    code, _, err = await run(_env(settings, tmp_path), "users", "create", "ａｄａ@example.com", "--password-stdin", stdin=PASSWORD)
+    assert (code, err) == (1, "authsvc: a user with email ada@example.com exists already\n")
+    code, _, err = await run(_env(settings, tmp_path), "users", "create", "ada\u200b@example.com", "--password-stdin", stdin=PASSWORD)
+    assert code == 2 and err.startswith("authsvc: EMAIL: Not a valid email address. Must not contain invisible"), err
+
+
 # --- throttle reset ---
 
 
@@ -224,6 +246,17 @@ async def test_reset_unlocks_an_account_whose_budget_attackers_used_up(make_clie
     assert (await answer(client, PASSWORD, "192.0.2.10"))[0] == 200
     # The attackers' addresses start from scratch too, with a fresh budget.
     assert (await answer(client, WRONG, "198.51.100.1"))[0] == 401
+
+
+async def test_reset_takes_the_account_in_any_spelling_a_login_takes(client, authsvc, db):
+    await signup(client, EMAIL)
+    resp = await client.post("/auth", json={"username": "ＡＤＡ@example.com", "password": WRONG})
+    await assert_error(resp, 401, "invalid_credentials")
+    assert await db.fetchval("SELECT count(*) FROM login_backoff WHERE identifier = $1", EMAIL) == 1
+    code, out, err = await authsvc("throttle", "reset", "ａｄａ@ｅｘａｍｐｌｅ.ｃｏｍ")
+    assert code == 0, err
+    assert "1 backoff pair(s)" in out
+    assert await db.fetchval("SELECT count(*) FROM login_backoff") == 0
 
 
 async def test_reset_reaches_a_process_that_kept_the_refusal_in_memory(make_client, authsvc, db):

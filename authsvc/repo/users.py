@@ -5,7 +5,12 @@ from datetime import datetime
 
 import asyncpg
 
-COLUMNS = "id, email, password_hash, first_name, last_name, created_at, updated_at, disabled_at"
+from ..emails import Address, lookup_key
+
+COLUMNS = (
+    "id, email, password_hash, first_name, last_name, created_at, updated_at, disabled_at,"
+    " email_key, email_skeleton, email_collides_with"
+)
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,10 @@ class User:
     created_at: datetime
     updated_at: datetime
     disabled_at: datetime | None = None  # set by `authsvc users disable`: no login, no session
+    # authsvc/emails.py; NULL until the backfill of migration 0006 reached a row written before it
+    email_key: str | None = None
+    email_skeleton: str | None = None
+    email_collides_with: int | None = None  # the account whose key or skeleton the backfill found it shares
 
 
 def _user(row: asyncpg.Record | None) -> User | None:
@@ -25,17 +34,20 @@ def _user(row: asyncpg.Record | None) -> User | None:
 
 
 async def insert(
-    conn: asyncpg.Connection, email: str, password_hash: str, first_name: str | None, last_name: str | None
+    conn: asyncpg.Connection, address: Address, password_hash: str, first_name: str | None, last_name: str | None
 ) -> User | None:
-    """Insert a user; None when the email is taken (case-insensitively)."""
+    """Insert a user; None when the address is taken: the same key, or the same skeleton (a
+    look-alike), or (rows not keyed yet) the same lower(email)."""
     row = await conn.fetchrow(
         f"""
-        INSERT INTO users (email, password_hash, first_name, last_name)
-        VALUES ($1, $2, $3, $4)
-        ON CONFLICT ((lower(email))) DO NOTHING
+        INSERT INTO users (email, email_key, email_skeleton, password_hash, first_name, last_name)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT DO NOTHING
         RETURNING {COLUMNS}
         """,
-        email,
+        address.email,
+        address.key,
+        address.skeleton,
         password_hash,
         first_name,
         last_name,
@@ -44,7 +56,73 @@ async def insert(
 
 
 async def select_by_email(conn: asyncpg.Connection, email: str) -> User | None:
-    return _user(await conn.fetchrow(f"SELECT {COLUMNS} FROM users WHERE lower(email) = lower($1)", email))
+    """The account an address typed at login (or given to a command) names, if any."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT {COLUMNS} FROM users
+         WHERE email_key = $1
+            OR (email_key IS NULL AND email_collides_with IS NULL AND lower(email) = lower($2))
+         ORDER BY email_key IS NULL, id
+         LIMIT 1
+        """,
+        lookup_key(email),
+        email,
+    )
+    return _user(row)
+
+
+# --- the backfill of migration 0006 (authsvc/email_backfill.py) ---
+
+
+async def select_unkeyed(conn: asyncpg.Connection, after_id: int, limit: int) -> list[tuple[int, str]]:
+    """(id, email) of rows without keys yet, oldest first, from after_id on."""
+    rows = await conn.fetch(
+        """
+        SELECT id, email FROM users
+         WHERE email_key IS NULL AND email_collides_with IS NULL AND id > $1
+         ORDER BY id
+         LIMIT $2
+        """,
+        after_id,
+        limit,
+    )
+    return [(r["id"], r["email"]) for r in rows]
+
+
+async def select_holder(conn: asyncpg.Connection, user_id: int, key: str, skeleton: str) -> tuple[int, bool] | None:
+    """(id, same key?) of another account holding this key or, failing that, this skeleton."""
+    row = await conn.fetchrow(
+        """
+        SELECT id, email_key = $2 AS same_key FROM users
+         WHERE id <> $1 AND (email_key = $2 OR email_skeleton = $3)
+         ORDER BY email_key = $2 DESC, id
+         LIMIT 1
+        """,
+        user_id,
+        key,
+        skeleton,
+    )
+    return (row["id"], row["same_key"]) if row is not None else None
+
+
+async def set_email_keys(
+    conn: asyncpg.Connection, user_id: int, key: str | None, skeleton: str | None, collides_with: int | None
+) -> None:
+    """Store a row's keys. A row that collides with another keeps what it does not share;
+    one without a key is disabled (no login, no session) until an operator decides."""
+    await conn.execute(
+        """
+        UPDATE users
+           SET email_key = $2, email_skeleton = $3, email_collides_with = $4,
+               disabled_at = CASE WHEN $2::text IS NULL THEN coalesce(disabled_at, now()) ELSE disabled_at END,
+               updated_at = CASE WHEN $4::bigint IS NULL THEN updated_at ELSE now() END
+         WHERE id = $1
+        """,
+        user_id,
+        key,
+        skeleton,
+        collides_with,
+    )
 
 
 async def update_names(conn: asyncpg.Connection, user_id: int, changes: dict[str, str | None]) -> User | None:
