@@ -84,6 +84,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     count = settings.workers if args.workers is None else args.workers
     if not 1 <= count <= 256:
         raise ConfigError("--workers", "must be from 1 to 256")
+    settings = settings.replace(workers=count)  # each worker knows how many share the port
     embedded_mode = settings.embedded
     settings = secretfiles.resolve(_with_database(settings), generate=embedded_mode)
     if count == 1:

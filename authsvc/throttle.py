@@ -282,12 +282,18 @@ class LoginThrottle:
         limits: Limits,
         max_sleeping: int,
         parallel: int,
+        processes: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pool = pool
         self.limits = limits
         self.max_sleeping = max_sleeping
-        self.parallel = parallel  # attempts a clean pair at a known address may have in flight
+        # Attempts a clean pair at a known address may have in flight: in this process (its
+        # bcrypt threads), and in all (the threads of every worker of this serve). The second
+        # is what the database enforces: each worker can keep its own threads busy, and none
+        # waits on another's for its turn.
+        self.parallel = parallel
+        self.shared_parallel = parallel * processes
         self.clock = clock  # seconds; injected by tests, which move the database's rows to match
         self.sleeping = 0  # requests now waiting out their backoff in this process
         self.queued = 0  # requests now waiting for their pair's turn in this process
@@ -314,9 +320,15 @@ class LoginThrottle:
         if pair is None:
             pair = self._pairs[(key, address)] = _Pair()
         deadline = self.clock() + PAIR_QUEUE_WAIT
+        held_elsewhere = False
         try:
             while True:
                 if pair.active < pair.limit:
+                    if held_elsewhere and await self._held_full(key, address):
+                        # Look before claiming: a claim locks the address row the attempts
+                        # in flight need for their outcome, a look locks nothing.
+                        await self._wait_turn(pair, identifier, address, deadline, HELD_POLL)
+                        continue
                     pair.active += 1
                     try:
                         return await self._claim_turn(pair, identifier, key, address)
@@ -325,6 +337,7 @@ class LoginThrottle:
                     except BaseException:
                         pair.release()
                         raise
+                    held_elsewhere = True
                     await self._wait_turn(pair, identifier, address, deadline, HELD_POLL)
                 else:
                     await self._wait_turn(pair, identifier, address, deadline, None)
@@ -352,6 +365,10 @@ class LoginThrottle:
         finally:
             pair.waiting -= 1
             self.queued -= 1
+
+    async def _held_full(self, key: str, address: str) -> bool:
+        async with self.pool.acquire() as conn:
+            return await login_backoff.held_full(conn, key, address, self.shared_parallel)
 
     def end_turn(self, key: str, address: str) -> None:
         """A claimed attempt of the pair reported its outcome (or was given up)."""
@@ -452,11 +469,11 @@ class LoginThrottle:
             raise _Refused("address")
         # A plain read: it locks nothing, so it may come before the rows it decides about.
         known = await known_addresses.is_known(conn, key, address, lim.known_address_age)
-        parallel = self.parallel if known else 1
-        failures = await login_backoff.claim(conn, key, address, CLAIM_HOLD, lim.failure_window, parallel)
+        shared = self.shared_parallel if known else 1
+        failures = await login_backoff.claim(conn, key, address, CLAIM_HOLD, lim.failure_window, shared)
         if failures is None:
             raise _Refused("backoff")
-        parallel = parallel if failures == 0 else 1
+        parallel = self.parallel if known and failures == 0 else 1
         if known:
             return _Claim(account_counted=False, parallel=parallel)
         if not await login_budgets.take(conn, "account", key, lim.account.capacity, lim.account.rate):
@@ -541,7 +558,12 @@ async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     limits = Limits.from_settings(settings)
     throttle = LoginThrottle(
-        app[POOL], limits, settings.max_sleeping, settings.hash_workers, app.get(CLOCK, time.monotonic)
+        app[POOL],
+        limits,
+        settings.max_sleeping,
+        settings.hash_workers,
+        settings.workers,
+        app.get(CLOCK, time.monotonic),
     )
     app[THROTTLE] = throttle
     app[SIGNUPS] = SignupBudget(app[POOL], limits.signup)

@@ -62,6 +62,22 @@ async def claim(
     )
 
 
+async def held_full(conn: asyncpg.Connection, identifier: str, address: str, parallel: int) -> bool:
+    """Whether the pair has `parallel` attempts (or more) in flight and no backoff: a plain
+    read, which locks nothing, for a waiter to look before it claims."""
+    return bool(
+        await conn.fetchval(
+            """
+            SELECT held_until > now() AND next_attempt_at <= now() AND in_flight >= $3
+              FROM login_backoff WHERE identifier = $1 AND address = $2
+            """,
+            identifier,
+            address,
+            parallel,
+        )
+    )
+
+
 async def closed_for(conn: asyncpg.Connection, identifier: str, address: str) -> Closed:
     row = await conn.fetchrow(
         """
