@@ -9,9 +9,10 @@ bcrypt runs on a bounded thread pool, never on the event loop: it releases the G
 the threads use every core. Past `workers + queue` waiting checks the caller gets Busy
 (503) instead of an ever-growing queue.
 
-Two lanes share the threads: checks (logins, which someone is waiting on) go first, and new
-hashes (signups, password changes) may use all threads but one, so a signup flood cannot
-queue the account owner's login behind it.
+Two lanes share the cores: checks (logins, which someone is waiting on) go first, and new
+hashes (signups, password changes) may use all threads but one and run at a lower CPU
+priority (nice), so a signup flood cannot queue the account owner's login behind it, nor
+take the cores it needs; with the cores idle, new hashes run as fast as ever.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import hashlib
 import hmac
+import os
 import secrets
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -35,13 +39,27 @@ T = TypeVar("T")
 
 CHECK = "check"
 HASH = "hash"
+# The nice value of the threads that make new hashes (0 is normal, 19 the lowest priority).
+HASH_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Run this thread at HASH_NICENESS: on Linux a thread has its own nice value."""
+    with contextlib.suppress(AttributeError, OSError):  # no setpriority, or not allowed
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICENESS)
 
 
 class PasswordHasher:
     def __init__(self, pepper: str, rounds: int, workers: int, queue: int) -> None:
         self._pepper = pepper.encode("utf-8")
         self.rounds = rounds
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bcrypt")
+        # One pool a lane; _turn keeps the threads running at once to `workers` in all.
+        self._executors = {
+            CHECK: ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bcrypt"),
+            HASH: ThreadPoolExecutor(
+                max_workers=max(1, workers - 1), thread_name_prefix="bcrypt-new", initializer=_lower_priority
+            ),
+        }
         self._workers = workers
         self._limit = workers + queue
         self._in_flight = 0
@@ -102,7 +120,7 @@ class PasswordHasher:
         try:
             await self._turn(lane)
             try:
-                return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+                return await asyncio.get_running_loop().run_in_executor(self._executors[lane], fn, *args)
             finally:
                 self._finished(lane)
         finally:
@@ -123,7 +141,8 @@ class PasswordHasher:
         self._dummy_hash = await self._run(HASH, self._hash_sync, secrets.token_urlsafe(32))
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for executor in self._executors.values():
+            executor.shutdown(wait=True, cancel_futures=True)
 
     async def hash(self, password: str) -> str:
         return (await self._run(HASH, self._hash_sync, password)).decode("ascii")
