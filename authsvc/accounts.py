@@ -4,61 +4,80 @@ from __future__ import annotations
 
 import uuid
 
-from aiohttp import web
-
 from . import emails
-from .credentials import authenticate
+from .credentials import Credentials
+from .db import Database
 from .errors import EmailTaken, InvalidCredentials, WrongCurrentPassword
-from .keys import HASHER, PASSWORD_POLICY, POOL, SIGNUPS
+from .password_policy import PasswordPolicy
+from .passwords import PasswordHasher
 from .repo import sessions as session_repo
 from .repo import users
 from .repo.users import User
+from .throttle import SignupBudget
 
 
-async def signup(
-    app: web.Application,
-    email: str,
-    password: str,
-    first_name: str | None,
-    last_name: str | None,
-    address: str | None = None,
-) -> User:
-    """Create an account; `address` is the client's, whose signup budget it takes (None: an
-    operator's command, which has none). EmailTaken when the email, or one that looks like
-    it, has an account already; emails.InvalidEmail for an address the schema would refuse."""
-    normalised = emails.normalise(email)
-    # The budget before the policy: its work (zxcvbn, a breached-password look-up when
-    # configured) is paid for like the hash, so a client cannot drive it past its budget.
-    if address is not None:
-        await app[SIGNUPS].take(address)
-    await app[PASSWORD_POLICY].check(password, normalised.email, first_name, last_name)
-    password_hash = await app[HASHER].hash(password)  # before taking a connection
-    async with app[POOL].acquire() as conn:
-        user = await users.insert(conn, normalised, password_hash, first_name, last_name)
-    if user is None:
-        raise EmailTaken()
-    return user
+class Accounts:
+    """Signing up, changing the password, deleting the account.
 
+    `signups` and `credentials` may be None where nobody signs up from an address or
+    changes a password (an operator's `authsvc users create`)."""
 
-async def change_password(
-    app: web.Application, user: User, session_id: uuid.UUID, current: str, new: str, address: str
-) -> None:
-    # The current password goes through the same throttled validator as a login, so a
-    # stolen access token cannot be used to guess it quickly.
-    try:
-        await authenticate(app, user.email, current, address)
-    except InvalidCredentials:
-        raise WrongCurrentPassword() from None
-    # Only after the current password: a caller who has not proved it learns nothing more
-    # (403 whatever the new one is), and only proven callers spend the policy's CPU and lookup.
-    await app[PASSWORD_POLICY].check(new, user.email, user.first_name, user.last_name)
-    new_hash = await app[HASHER].hash(new)
-    async with app[POOL].acquire() as conn, conn.transaction():
-        await users.update_password_hash(conn, user.id, new_hash)
-        # Whoever else knew the old password is logged out; this session goes on.
-        await session_repo.revoke_all(conn, user.id, "password_change", keep=session_id)
+    def __init__(
+        self,
+        pool: Database,
+        hasher: PasswordHasher,
+        policy: PasswordPolicy,
+        signups: SignupBudget | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self._pool = pool
+        self._hasher = hasher
+        self._policy = policy
+        self._signups = signups
+        self._credentials = credentials
 
+    async def signup(
+        self,
+        email: str,
+        password: str,
+        first_name: str | None,
+        last_name: str | None,
+        address: str | None = None,
+    ) -> User:
+        """Create an account; `address` is the client's, whose signup budget it takes (None: an
+        operator's command, which has none). EmailTaken when the email, or one that looks like
+        it, has an account already; emails.InvalidEmail for an address the schema would refuse."""
+        normalised = emails.normalise(email)
+        # The budget before the policy: its work (zxcvbn, a breached-password look-up when
+        # configured) is paid for like the hash, so a client cannot drive it past its budget.
+        if address is not None:
+            assert self._signups is not None, "signups from an address need the signup budget"
+            await self._signups.take(address)
+        await self._policy.check(password, normalised.email, first_name, last_name)
+        password_hash = await self._hasher.hash(password)  # before taking a connection
+        async with self._pool.acquire() as conn:
+            user = await users.insert(conn, normalised, password_hash, first_name, last_name)
+        if user is None:
+            raise EmailTaken()
+        return user
 
-async def delete(app: web.Application, user: User) -> None:
-    async with app[POOL].acquire() as conn:
-        await users.delete(conn, user.id)  # todos and sessions go with it (ON DELETE CASCADE)
+    async def change_password(self, user: User, session_id: uuid.UUID, current: str, new: str, address: str) -> None:
+        assert self._credentials is not None, "a password change checks the current one"
+        # The current password goes through the same throttled validator as a login, so a
+        # stolen access token cannot be used to guess it quickly.
+        try:
+            await self._credentials.authenticate(user.email, current, address)
+        except InvalidCredentials:
+            raise WrongCurrentPassword() from None
+        # Only after the current password: a caller who has not proved it learns nothing more
+        # (403 whatever the new one is), and only proven callers spend the policy's CPU and lookup.
+        await self._policy.check(new, user.email, user.first_name, user.last_name)
+        new_hash = await self._hasher.hash(new)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await users.update_password_hash(conn, user.id, new_hash)
+            # Whoever else knew the old password is logged out; this session goes on.
+            await session_repo.revoke_all(conn, user.id, "password_change", keep=session_id)
+
+    async def delete(self, user: User) -> None:
+        async with self._pool.acquire() as conn:
+            await users.delete(conn, user.id)  # todos and sessions go with it (ON DELETE CASCADE)

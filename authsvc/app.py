@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import aiohttp_cors
 from aiohttp import web
 
+from . import background
+from .accounts import Accounts
 from .config import Settings
+from .credentials import Credentials
 from .db import pool_ctx
-from .keys import CLOCK, HASHER, METRICS, OPENAPI, PASSWORD_POLICY, SETTINGS, TOKENS
+from .keys import (
+    ACCOUNTS,
+    CLOCK,
+    CREDENTIALS,
+    HASHER,
+    METRICS,
+    OPENAPI,
+    PASSWORD_POLICY,
+    POOL,
+    SESSIONS,
+    SETTINGS,
+    SIGNUPS,
+    THROTTLE,
+    TOKENS,
+)
 from .middlewares import bearer_auth, errors_to_json, security_headers
-from .keyring import KeyRing
+from .keyring import RELOAD_EVERY, KeyRing
 from .logs import quiet_malformed_requests
 from .metrics import Metrics, metrics_ctx
 from .observe import echo_request_id, observe
 from .openapi import document_bytes
 from .password_policy import open_policy
 from .passwords import PasswordHasher
-from .sessions import sessions_ctx
+from .sessions import Sessions
 from .throttle import throttle_ctx
 from .tokens import TokenService
 from .views import auth, health, metrics, openapi, todos, users, wellknown
@@ -30,6 +48,9 @@ from .views import auth, health, metrics, openapi, todos, users, wellknown
 MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
 MAX_HEADERS = 64
+SESSION_PRUNE_EVERY = 3600.0
+
+log = logging.getLogger(__name__)
 
 
 async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -45,6 +66,33 @@ async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
 async def password_policy_ctx(app: web.Application) -> AsyncIterator[None]:
     async with open_policy(app[SETTINGS]) as policy:
         app[PASSWORD_POLICY] = policy
+        yield
+
+
+async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The domain services, each built from what it needs, and their background loops."""
+    s = app[SETTINGS]
+    pool, hasher, tokens = app[POOL], app[HASHER], app[TOKENS]
+    sessions = Sessions(
+        pool,
+        tokens,
+        idle=timedelta(seconds=s.session_idle_timeout),
+        lifetime=timedelta(seconds=s.session_lifetime),
+        reuse_grace=timedelta(seconds=s.refresh_reuse_grace),
+    )
+    credentials = Credentials(pool, hasher, app[THROTTLE], app[METRICS])
+    app[SESSIONS] = sessions
+    app[CREDENTIALS] = credentials
+    app[ACCOUNTS] = Accounts(pool, hasher, app[PASSWORD_POLICY], app[SIGNUPS], credentials)
+
+    async def reload_keys() -> None:
+        if await tokens.keys.reload_if_changed():
+            log.info("signing keys reloaded; active key %s", tokens.keys.active.kid)
+
+    async with background.running(
+        background.every(RELOAD_EVERY, reload_keys, "reloading the signing keys"),
+        background.every(SESSION_PRUNE_EVERY, sessions.prune, "pruning ended sessions"),
+    ):
         yield
 
 
@@ -108,7 +156,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] | None = None) 
     app.cleanup_ctx.append(password_policy_ctx)
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(throttle_ctx)
-    app.cleanup_ctx.append(sessions_ctx)
+    app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(metrics_ctx)
     for module in (health, wellknown, openapi, auth, users, todos, metrics):
         app.add_routes(module.routes)

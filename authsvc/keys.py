@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .accounts import Accounts
     from .config import Settings
+    from .credentials import Credentials
     from .db import Database
     from .metrics import Metrics
     from .password_policy import PasswordPolicy
     from .passwords import PasswordHasher
     from .repo.users import User
+    from .sessions import Sessions
     from .throttle import LoginThrottle, SignupBudget
     from .tokens import TokenService
 
@@ -27,6 +30,10 @@ SIGNUPS = web.AppKey("signups", "SignupBudget")
 # The throttle's clock (monotonic seconds); tests pass one they can move.
 CLOCK = web.AppKey("clock", "Callable[[], float]")
 METRICS = web.AppKey("metrics", "Metrics")
+# The domain services, built once at start-up from the pieces above (app.services_ctx).
+SESSIONS = web.AppKey("sessions", "Sessions")
+CREDENTIALS = web.AppKey("credentials", "Credentials")
+ACCOUNTS = web.AppKey("accounts", "Accounts")
 OPENAPI = web.AppKey("openapi", bytes)  # the document, as served
 
 # Set by the bearer middleware on protected routes.

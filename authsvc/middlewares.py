@@ -8,10 +8,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from . import sessions
 from .db import CONTENTION_ERRORS, UNAVAILABLE_ERRORS, Contended
 from .errors import ApiError, ClientGone, InvalidRequest, InvalidToken, Unauthorized, Unavailable
-from .keys import CURRENT_SESSION, CURRENT_USER
+from .keys import CURRENT_SESSION, CURRENT_USER, SESSIONS
 from .logs import client_text
 
 log = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ def bearer_token(request: web.Request) -> str:
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if _is_public(request):
         return await handler(request)
-    user, claims = await sessions.user_of(request.app, bearer_token(request))
+    user, claims = await request.app[SESSIONS].user_of(bearer_token(request))
     request[CURRENT_USER] = user
     request[CURRENT_SESSION] = claims.session_id
     return await handler(request)

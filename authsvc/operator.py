@@ -17,13 +17,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
-from aiohttp import web
 from marshmallow import ValidationError
 
-from . import accounts, config, db, secretfiles
+from . import config, db, secretfiles
+from .accounts import Accounts
 from .config import ConfigError, Settings, env_name
 from .errors import EmailTaken, PasswordRefused
-from .keys import HASHER, PASSWORD_POLICY, POOL
 from .password_policy import open_policy
 from .passwords import PasswordHasher
 from .repo import login_backoff, login_budgets, users
@@ -86,15 +85,11 @@ async def create_user(settings: Settings, data: dict[str, Any]) -> User:
     hasher = PasswordHasher(settings.password_pepper, settings.bcrypt_rounds, workers=1, queue=1)
     try:
         async with _pool(settings) as pool, open_policy(settings) as policy:
-            # accounts.signup finds its pool, hasher and password policy on the app: one holding
-            # just those lets the command take the very path POST /users takes.
-            app = web.Application()
-            app[POOL] = pool
-            app[HASHER] = hasher
-            app[PASSWORD_POLICY] = policy
+            # The service POST /users uses, without a signup budget: the operator has none.
+            accounts = Accounts(pool, hasher, policy)
             try:
                 return await accounts.signup(
-                    app, data["email"], data["password"], data.get("first_name"), data.get("last_name")
+                    data["email"], data["password"], data.get("first_name"), data.get("last_name")
                 )
             except EmailTaken:
                 raise CommandFailed(f"a user with email {data['email']} exists already") from None

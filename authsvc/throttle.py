@@ -33,7 +33,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from datetime import UTC, datetime, timedelta
@@ -41,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from aiohttp import web
 
+from . import background
 from .config import Settings
 from .db import CLIENT_MARGIN, CONTENTION_ERRORS, UNAVAILABLE_ERRORS, Contended, Database, NotReady, in_transaction
 from .errors import TooManyAttempts
@@ -543,17 +544,6 @@ class SignupBudget:
         raise TooManyAttempts(math.ceil(wait))
 
 
-async def _every(seconds: float, job: Callable[[], Awaitable[object]], what: str) -> None:
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            await job()
-        except UNAVAILABLE_ERRORS:  # logged once by db.Database; the next round tries again
-            pass
-        except Exception:  # nothing must end the loop
-            log.warning("%s failed", what, exc_info=True)
-
-
 async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     limits = Limits.from_settings(settings)
@@ -567,17 +557,12 @@ async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[THROTTLE] = throttle
     app[SIGNUPS] = SignupBudget(app[POOL], limits.signup)
-    tasks = [
-        asyncio.create_task(_every(PRUNE_EVERY, throttle.prune, "pruning login records")),
-        asyncio.create_task(_every(EVENT_FLUSH_EVERY, throttle.refusals.flush, "recording refused logins")),
-        asyncio.create_task(_every(EVENT_FLUSH_EVERY, throttle.give_back_unreturned, "giving back login claims")),
-    ]
-    yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with background.running(
+        background.every(PRUNE_EVERY, throttle.prune, "pruning login records"),
+        background.every(EVENT_FLUSH_EVERY, throttle.refusals.flush, "recording refused logins"),
+        background.every(EVENT_FLUSH_EVERY, throttle.give_back_unreturned, "giving back login claims"),
+    ):
+        yield
     # Write what is pending, within a bound: a database that is gone must not hold up the exit.
     bound = settings.db_acquire_timeout + settings.db_statement_timeout + CLIENT_MARGIN
     with contextlib.suppress(Exception):

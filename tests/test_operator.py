@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from authsvc import cli, config, sessions
+from authsvc import cli, config
 from authsvc.config import Settings
-from authsvc.keys import HASHER, POOL as POOL_KEY
+from authsvc.keys import HASHER, SESSIONS, POOL as POOL_KEY
 from authsvc.repo import users
 
 from helpers import PASSWORD, assert_error, bearer, login, signup
@@ -123,7 +123,7 @@ async def test_create_applies_the_signup_rules(client, settings, tmp_path):
 
 
 async def test_create_refuses_a_guessable_password_in_one_line(settings, tmp_path, db):
-    """The password policy of POST /users, reached through the same accounts.signup."""
+    """The password policy of POST /users, reached through the same Accounts.signup."""
     env = _env(settings, tmp_path)
     for args, password, message in [
         ([EMAIL], "Password1", "authsvc: password: This password is too easy to guess. This is a very common"),
@@ -167,7 +167,7 @@ async def test_disable_ends_every_session_and_login_answers_as_a_wrong_password(
     async with client.app[POOL_KEY].acquire() as conn:
         user = await users.select_by_email(conn, EMAIL)
     assert user is not None and user.disabled_at is not None
-    late = await sessions.start(client.app, user)
+    late = await client.app[SESSIONS].start(user)
     await assert_error(await client.get("/users/me", headers=bearer(late["access_token"])), 401, "invalid_token")
     resp = await client.post("/auth/refresh", json={"refresh_token": late["refresh_token"]})
     await assert_error(resp, 400, "invalid_grant")

@@ -7,11 +7,9 @@ from typing import Any
 from aiohttp import web
 from marshmallow import ValidationError
 
-from .. import sessions
 from ..bodies import read_body, read_json, read_query
-from ..credentials import authenticate
 from ..errors import ApiError, InvalidBody, InvalidCredentials, NotFound, OAuthError
-from ..keys import CURRENT_SESSION, CURRENT_USER, SETTINGS
+from ..keys import CREDENTIALS, CURRENT_SESSION, CURRENT_USER, SESSIONS, SETTINGS
 from ..middlewares import public
 from ..schemas import (
     Form,
@@ -47,15 +45,15 @@ def _tokens(body: dict[str, Any]) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     data = await read_json(request, login_schema)
     identifier = data.get("username", data.get("email"))
-    user = await authenticate(request.app, identifier, data["password"], client_address(request))
-    return _tokens(await sessions.start(request.app, user))
+    user = await request.app[CREDENTIALS].authenticate(identifier, data["password"], client_address(request))
+    return _tokens(await request.app[SESSIONS].start(user))
 
 
 @routes.post("/auth/refresh")
 @public
 async def refresh(request: web.Request) -> web.Response:
     data = await read_json(request, refresh_schema)
-    return _tokens(await sessions.refresh(request.app, data["refresh_token"]))
+    return _tokens(await request.app[SESSIONS].refresh(data["refresh_token"]))
 
 
 async def _read_form(request: web.Request) -> dict[str, str]:
@@ -95,15 +93,15 @@ async def token(request: web.Request) -> web.Response:
         raise OAuthError("invalid_request", "grant_type is required.")
     if grant_type == "refresh_token":
         refresh_token = _load_form(refresh_grant_schema, form)["refresh_token"]
-        return _tokens(await sessions.refresh(request.app, refresh_token))
+        return _tokens(await request.app[SESSIONS].refresh(refresh_token))
     if grant_type != "password" or not request.app[SETTINGS].password_grant:
         raise OAuthError("unsupported_grant_type", f"grant_type={grant_type} is not supported here.")
     data = _load_form(grant_schema, form)
     try:
-        user = await authenticate(request.app, data["username"], data["password"], client_address(request))
+        user = await request.app[CREDENTIALS].authenticate(data["username"], data["password"], client_address(request))
     except InvalidCredentials:
         raise OAuthError("invalid_grant", InvalidCredentials.message) from None
-    return _tokens(await sessions.start(request.app, user))
+    return _tokens(await request.app[SESSIONS].start(user))
 
 
 @routes.post("/auth/logout")
@@ -111,9 +109,9 @@ async def logout(request: web.Request) -> web.Response:
     """End this session, or with ?scope=all every session of the user."""
     query = read_query(request, logout_query)
     if query["scope"] == "all":
-        await sessions.end_all(request.app, request[CURRENT_USER].id, "logout_all")
+        await request.app[SESSIONS].end_all(request[CURRENT_USER].id, "logout_all")
     else:
-        await sessions.end(request.app, request[CURRENT_SESSION], "logout")
+        await request.app[SESSIONS].end(request[CURRENT_SESSION], "logout")
     return web.Response(status=204)
 
 
@@ -153,7 +151,7 @@ async def introspect(request: web.Request) -> web.Response:
     _check_service_credential(request)
     form = await _read_form(request)
     token = _load_form(token_form_schema, form)["token"]
-    return web.json_response(await sessions.introspect(request.app, token), headers=TOKEN_HEADERS)
+    return web.json_response(await request.app[SESSIONS].introspect(token), headers=TOKEN_HEADERS)
 
 
 @routes.post("/auth/revoke")
@@ -161,5 +159,5 @@ async def introspect(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     """RFC 7009: 200 whether or not the token was known."""
     form = await _read_form(request)
-    await sessions.revoke_token(request.app, _load_form(token_form_schema, form)["token"])
+    await request.app[SESSIONS].revoke_token(_load_form(token_form_schema, form)["token"])
     return web.Response(status=200, headers=TOKEN_HEADERS)

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .. import accounts
 from ..bodies import read_json
 from ..errors import InvalidToken
-from ..keys import CURRENT_SESSION, CURRENT_USER, POOL
+from ..keys import ACCOUNTS, CURRENT_SESSION, CURRENT_USER, POOL
 from ..middlewares import public
 from ..repo import users
 from ..schemas import PasswordChangeSchema, SignupSchema, UserPatchSchema, user_json
@@ -22,8 +21,7 @@ password_schema = PasswordChangeSchema()
 @public
 async def signup(request: web.Request) -> web.Response:
     data = await read_json(request, signup_schema)
-    user = await accounts.signup(
-        request.app,
+    user = await request.app[ACCOUNTS].signup(
         data["email"],
         data["password"],
         data.get("first_name"),
@@ -53,8 +51,7 @@ async def update_me(request: web.Request) -> web.Response:
 @routes.post("/users/me/password")
 async def change_password(request: web.Request) -> web.Response:
     data = await read_json(request, password_schema)
-    await accounts.change_password(
-        request.app,
+    await request.app[ACCOUNTS].change_password(
         request[CURRENT_USER],
         request[CURRENT_SESSION],
         data["current_password"],
@@ -66,5 +63,5 @@ async def change_password(request: web.Request) -> web.Response:
 
 @routes.delete("/users/me")
 async def delete_me(request: web.Request) -> web.Response:
-    await accounts.delete(request.app, request[CURRENT_USER])
+    await request.app[ACCOUNTS].delete(request[CURRENT_USER])
     return web.Response(status=204)
