@@ -1,3 +1,3 @@
-from .cli import main
+from authsvc.cli.main import main
 
 raise SystemExit(main())

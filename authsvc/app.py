@@ -9,12 +9,8 @@ from datetime import timedelta
 import aiohttp_cors
 from aiohttp import web
 
-from . import background
-from .accounts import Accounts
-from .config import Settings
-from .credentials import Credentials
-from .db import pool_ctx
-from .keys import (
+from authsvc import background
+from authsvc.appkeys import (
     ACCOUNTS,
     CLOCK,
     CREDENTIALS,
@@ -29,18 +25,22 @@ from .keys import (
     THROTTLE,
     TOKENS,
 )
-from .middlewares import bearer_auth, errors_to_json, security_headers
-from .keyring import RELOAD_EVERY, KeyRing
-from .logs import quiet_malformed_requests
-from .metrics import Metrics, metrics_ctx
-from .observe import echo_request_id, observe
-from .openapi import document_bytes
-from .password_policy import open_policy
-from .passwords import PasswordHasher
-from .sessions import Sessions
-from .throttle import throttle_ctx
-from .tokens import TokenService
-from .views import auth, health, metrics, openapi, todos, users, wellknown
+from authsvc.auth.accounts import Accounts
+from authsvc.auth.credentials import Credentials
+from authsvc.auth.keyring import RELOAD_EVERY, KeyRing
+from authsvc.auth.password_policy import open_policy
+from authsvc.auth.passwords import PasswordHasher
+from authsvc.auth.sessions import Sessions
+from authsvc.auth.throttle import throttle_ctx
+from authsvc.auth.tokens import TokenService
+from authsvc.db.pool import pool_ctx
+from authsvc.http.middlewares import bearer_auth, errors_to_json, security_headers
+from authsvc.http.observe import echo_request_id, observe
+from authsvc.http.openapi import document_bytes
+from authsvc.http.views import auth, health, metrics, openapi, todos, users, wellknown
+from authsvc.observability.logs import quiet_malformed_requests
+from authsvc.observability.metrics import Metrics, metrics_ctx
+from authsvc.settings import Settings
 
 # Header limits, checked by aiohttp's parser before any of our code runs (400 past them).
 # A request line or one header of 8 KiB is far more than any route or bearer token needs

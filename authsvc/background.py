@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
-from .db import UNAVAILABLE_ERRORS
+from authsvc.db.pool import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -75,7 +75,7 @@ from typing import Any
 import aiohttp
 import bcrypt
 
-from authsvc.config import Settings
+from authsvc.settings import Settings
 
 from .reference import reference
 from .server import Service, authsvc_service, percentile, rss_kib

@@ -81,7 +81,7 @@ def _statement(call: Any, *args: Any) -> tuple[str, list[int]]:
 
 
 def _statements() -> tuple[tuple[str, list[int]], tuple[str, list[int]]]:
-    from authsvc.repo import sessions, todos
+    from authsvc.db.repo import sessions, todos
 
     marks = [object() for _ in range(4)]
     return _statement(sessions.select_session_user, *marks[:3]), _statement(todos.select_page, *marks)

@@ -51,7 +51,7 @@ class Service:
             return self.given_database_url
         import warnings
 
-        from authsvc.embedded import DATABASE
+        from authsvc.db.embedded import DATABASE
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset

@@ -30,20 +30,24 @@ from typing import Any
 import asyncpg
 import bcrypt
 import pytest
-from aiohttp import TraceConfig, TraceRequestChunkSentParams, TraceRequestStartParams, web
+from aiohttp import (
+    TraceConfig,
+    TraceRequestChunkSentParams,
+    TraceRequestStartParams,
+    web,
+)
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-
-from authsvc import embedded, migrate
-from authsvc.app import create_app
-from authsvc.config import Settings
-from authsvc.keyring import KeyFile
-from authsvc.keys import SETTINGS
-from authsvc.logs import JsonFormatter
-
 from helpers import PASSWORD, bearer, login, signup
 from servers import SERVER_LOGS
+
+from authsvc.app import create_app
+from authsvc.appkeys import SETTINGS
+from authsvc.auth.keyring import KeyFile
+from authsvc.db import embedded, migrate
+from authsvc.observability.logs import JsonFormatter
+from authsvc.settings import Settings
 
 TABLES = "todos, refresh_tokens, sessions, login_backoff, login_budgets, login_known_addresses, auth_events, users"
 

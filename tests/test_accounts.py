@@ -14,10 +14,10 @@ import asyncpg
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers import PASSWORD, assert_error, bearer, login, signup
 
 from authsvc.app import create_app
-from authsvc.keyring import KeyRing
-from helpers import PASSWORD, assert_error, bearer, login, signup
+from authsvc.auth.keyring import KeyRing
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 USER_FIELDS = {"id", "email", "first_name", "last_name", "created_at", "updated_at"}

@@ -12,10 +12,10 @@ import asyncpg
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from helpers import PASSWORD, bearer, login, signup
 
 from authsvc.app import create_app
-from authsvc.config import Settings
-from helpers import PASSWORD, bearer, login, signup
+from authsvc.settings import Settings
 
 JSON = "application/json"
 LEAKS = ("Traceback", "password_hash", "$2b$")

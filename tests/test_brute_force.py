@@ -14,14 +14,13 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-
-from authsvc.addresses import client_address
-from authsvc import repo
-from authsvc.keys import HASHER, POOL, SETTINGS, THROTTLE
-from authsvc.repo import auth_events
-from authsvc.throttle import MEMORY_MARGIN, Limits
-
 from helpers import PASSWORD, Answer, attempt, login, signup, source
+
+from authsvc.appkeys import HASHER, POOL, SETTINGS, THROTTLE
+from authsvc.auth.throttle import MEMORY_MARGIN, Limits
+from authsvc.db import repo
+from authsvc.db.repo import auth_events
+from authsvc.http.addresses import client_address
 
 WRONG = "not the right password"
 EMAIL = "owner@example.com"

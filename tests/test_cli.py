@@ -7,10 +7,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
-from authsvc import migrate
 from helpers import PASSWORD
 from servers import quick_settings, run_command, serving
+
+from authsvc.db import migrate
+
 
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "authsvc"

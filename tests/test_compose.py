@@ -8,7 +8,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
-import shlex
 import shutil
 import subprocess
 import urllib.parse
@@ -19,7 +18,8 @@ import pytest
 import yaml
 
 from authsvc import app as app_module
-from authsvc import cli, config
+from authsvc import settings as config
+from authsvc.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from authsvc import config, secretfiles
-from authsvc.config import ConfigError, Settings
-from authsvc.keyring import KeyFile
+from authsvc import settings as config
+from authsvc.auth.keyring import KeyFile
+from authsvc.settings import ConfigError, Settings, secretfiles
 
 GOOD_SECRET = secrets.token_urlsafe(48)
 

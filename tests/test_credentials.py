@@ -19,10 +19,9 @@ import asyncpg
 import bcrypt
 import pytest
 from aiohttp.test_utils import TestClient
-
-from authsvc.keys import HASHER
-
 from helpers import PASSWORD, login, signup
+
+from authsvc.appkeys import HASHER
 
 WRONG = "not the right password"
 EMAIL = "owner@example.com"

@@ -12,11 +12,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-
-from authsvc import email_backfill, migrate
-from authsvc.app import create_app
-
 from helpers import PASSWORD, assert_error, bearer, signup
+
+from authsvc.app import create_app
+from authsvc.db import email_backfill, migrate
 
 # (email as an earlier version stored it; what the backfill makes of it)
 KEYED, DUPLICATE, LOOK_ALIKE = "keyed", "duplicate", "look-alike"
@@ -98,7 +97,7 @@ async def user_rows(url: str) -> list[asyncpg.Record]:
 async def test_existing_rows_are_keyed_oldest_first(old_database, monkeypatch, caplog):
     # Two rows to a batch, so that collisions cross batches.
     monkeypatch.setitem(migrate.STEPS, (6, "email_keys"), functools.partial(email_backfill.run, batch=2))
-    with caplog.at_level(logging.INFO, logger="authsvc.email_backfill"):
+    with caplog.at_level(logging.INFO, logger="authsvc.db.email_backfill"):
         applied = await run_migrate(old_database)
     assert [m.version for m in applied] == [6]
     rows = await user_rows(old_database)

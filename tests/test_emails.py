@@ -10,8 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authsvc import emails
-from authsvc.emails import InvalidEmail, lookup_key, normalise, skeleton, stored_keys
+from authsvc.auth import emails
+from authsvc.auth.emails import (
+    InvalidEmail,
+    lookup_key,
+    normalise,
+    skeleton,
+    stored_keys,
+)
 
 ANN = "ann.h@example.com"
 # Each of these got an account of its own while ANN had one.

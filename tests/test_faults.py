@@ -27,14 +27,13 @@ import asyncpg
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
-
-from authsvc import embedded, migrate
-from authsvc.app import create_app
-from authsvc.config import Settings
-from authsvc.keys import POOL, THROTTLE, TOKENS
-
 from helpers import PASSWORD, bearer, login, signup
 from servers import quick_settings, serving
+
+from authsvc.app import create_app
+from authsvc.appkeys import POOL, THROTTLE, TOKENS
+from authsvc.db import embedded, migrate
+from authsvc.settings import Settings
 
 psutil = pytest.importorskip("psutil", reason="comes with the embedded PostgreSQL (the `embedded` extra)")
 
@@ -190,11 +189,11 @@ async def _ready_within(client: TestClient, seconds: float) -> None:
 
 
 def _db_log(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "authsvc.db" and words in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.name == "authsvc.db.pool" and words in r.getMessage()]
 
 
 async def test_starts_without_the_database_and_recovers_by_itself(running, start_app, caplog):
-    caplog.set_level(logging.WARNING, logger="authsvc.db")
+    caplog.set_level(logging.WARNING, logger="authsvc.db.pool")
     url = await running.create_database(migrated=False)
     await asyncio.to_thread(running.stop, "fast")
 

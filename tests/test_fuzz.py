@@ -21,17 +21,16 @@ import pytest
 import requests
 import schemathesis
 from aiohttp import web
+from helpers import PASSWORD
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi import checks
 
 from authsvc.app import create_app
-from authsvc.config import Settings
-from authsvc.keys import POOL
-from authsvc.openapi import OPERATIONS, TODO_PATH
-
-from helpers import PASSWORD
+from authsvc.appkeys import POOL
+from authsvc.http.openapi import OPERATIONS, TODO_PATH
+from authsvc.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ("fuzz-service", "fuzz-service-secret-0123456789")

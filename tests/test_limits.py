@@ -11,10 +11,10 @@ import asyncio
 import json
 
 import pytest
-
-from authsvc.app import MAX_FIELD_SIZE, MAX_HEADERS, MAX_LINE_SIZE
 from helpers import PASSWORD
 from servers import quick_settings, serving
+
+from authsvc.app import MAX_FIELD_SIZE, MAX_HEADERS, MAX_LINE_SIZE
 
 
 async def _exchange(client, head: str, body: bytes = b"") -> bytes:
@@ -207,7 +207,7 @@ async def test_hanging_up_mid_body_is_counted_as_499_not_as_a_database_fault(cli
             break
         await asyncio.sleep(0.02)
     assert [r.status for r in lines] == [499]
-    assert not [r for r in caplog.records if r.name == "authsvc.db"], caplog.text  # no outage was seen
+    assert not [r for r in caplog.records if r.name == "authsvc.db.pool"], caplog.text  # no outage was seen
     async with client.get("/metrics") as resp:
         text = await resp.text()
     assert 'authsvc_http_requests_total{method="POST",route="/users",status="499"} 1.0' in text

@@ -14,12 +14,11 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-
-from authsvc import throttle as throttle_module
-from authsvc.app import create_app
-from authsvc.keys import HASHER, THROTTLE
-
 from helpers import PASSWORD, Answer, attempt, login, signup, source
+
+from authsvc.app import create_app
+from authsvc.appkeys import HASHER, THROTTLE
+from authsvc.auth import throttle as throttle_module
 
 EMAIL = "service@example.com"
 WRONG = "not the right password"

@@ -11,9 +11,9 @@ from ipaddress import ip_network
 from typing import Any
 
 import pytest
-
-from authsvc.logs import JsonFormatter, TextFormatter
 from helpers import PASSWORD, bearer, signup
+
+from authsvc.observability.logs import JsonFormatter, TextFormatter
 
 EMAIL = "logged@example.com"
 WRONG = "not the password at all"
@@ -187,7 +187,7 @@ async def test_lines_logged_while_handling_a_request_carry_its_id(make_client, l
         "/auth/refresh", json={"refresh_token": login["refresh_token"]}, headers={"X-Request-ID": "reuse-1"}
     )
     assert reuse.status == 400
-    warnings = [p for p in logged.parsed if p["logger"] == "authsvc.sessions" and p["level"] == "WARNING"]
+    warnings = [p for p in logged.parsed if p["logger"] == "authsvc.auth.sessions" and p["level"] == "WARNING"]
     assert [w["request_id"] for w in warnings] == ["reuse-1"]
     # Outside any request there is no id.
     logging.getLogger("authsvc.test").warning("between requests")

@@ -9,7 +9,6 @@ import asyncpg
 import bcrypt
 import pytest
 from aiohttp.test_utils import TestClient
-
 from helpers import PASSWORD, assert_error, bearer, login, signup
 
 ANN = "ann.h@example.com"

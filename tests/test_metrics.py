@@ -15,14 +15,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from prometheus_client.parser import text_string_to_metric_families
-
-from authsvc import config, metrics
-from authsvc.config import PRIVATE_NETWORKS, ConfigError
-from authsvc.keys import HASHER, POOL
-from authsvc.passwords import CHECK
 from helpers import PASSWORD, assert_error, bearer, login, signup
+from prometheus_client.parser import text_string_to_metric_families
 from servers import quick_settings, serving
+
+from authsvc import settings as config
+from authsvc.appkeys import HASHER, POOL
+from authsvc.auth.passwords import CHECK
+from authsvc.observability import metrics
+from authsvc.settings import PRIVATE_NETWORKS, ConfigError
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -8,9 +8,9 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from authsvc import migrate
 from authsvc.app import create_app
-from authsvc.migrate import MigrationError
+from authsvc.db import migrate
+from authsvc.db.migrate import MigrationError
 
 
 async def _versions(url: str) -> list[int]:

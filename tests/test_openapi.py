@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError, validate
 
-from authsvc import openapi
 from authsvc.app import create_app
-from authsvc.keys import SETTINGS
-from authsvc.schemas import SignupSchema
+from authsvc.appkeys import SETTINGS
+from authsvc.http import openapi
+from authsvc.http.schemas import SignupSchema
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 
@@ -72,7 +72,7 @@ def test_bearer_scheme_on_protected_operations_only(app: web.Application) -> Non
 
 def test_request_schemas_are_the_validating_ones(app: web.Application) -> None:
     """The documented bodies come from the very schemas the views load."""
-    from authsvc.views import auth, todos, users
+    from authsvc.http.views import auth, todos, users
 
     doc = openapi.build(openapi.routes_of(app), "http://127.0.0.1:8080")
     bodies = {

@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-
-from authsvc import cli, config
-from authsvc.config import Settings
-from authsvc.keys import HASHER, SESSIONS, POOL as POOL_KEY
-from authsvc.repo import users
-
 from helpers import PASSWORD, assert_error, bearer, login, signup
+
+from authsvc import settings as config
+from authsvc.appkeys import HASHER, SESSIONS
+from authsvc.appkeys import POOL as POOL_KEY
+from authsvc.cli import main as cli
+from authsvc.db.repo import users
+from authsvc.settings import Settings
 
 COMMAND = [sys.executable, "-m", "authsvc"]
 EMAIL = "ada@example.com"

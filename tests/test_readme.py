@@ -6,7 +6,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from authsvc import cli, config
+from authsvc import settings as config
+from authsvc.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

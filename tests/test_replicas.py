@@ -18,10 +18,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
-from authsvc.config import Settings
 from helpers import PASSWORD
 from servers import COMMAND, free_port, server_env, server_log
+
+from authsvc.settings import Settings
 
 # The two instances believe X-Forwarded-For from loopback, as behind the compose proxy, so
 # one test can play several client addresses.

@@ -15,10 +15,9 @@ import asyncpg
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
-
-from authsvc.keys import TOKENS
 from helpers import PASSWORD, assert_error, bearer, signup
 
+from authsvc.appkeys import TOKENS
 
 
 def basic(client_id: str, secret: str) -> str:

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 import pytest
-
-from authsvc.config import Settings
 from servers import serving
+
+from authsvc.settings import Settings
 
 BACKOFF_MS = 2000
 SHUTDOWN_TIMEOUT = 10

@@ -8,11 +8,11 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-
-from authsvc.repo.todos import Todo
-from authsvc.repo.users import User
-from authsvc.schemas import TodoSchema, UserSchema, todo_json, user_json
 from helpers import bearer, login, signup
+
+from authsvc.db.repo.todos import Todo
+from authsvc.db.repo.users import User
+from authsvc.http.schemas import TodoSchema, UserSchema, todo_json, user_json
 
 TODO_FIELDS = {"id", "text", "completed", "created_at", "updated_at"}
 

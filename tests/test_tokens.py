@@ -22,16 +22,20 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
+from helpers import PASSWORD, bearer, login, signup
 
 from authsvc.app import create_app
-from authsvc.client import CLAIMS, TokenVerifier
-from authsvc.config import Settings
+from authsvc.appkeys import TOKENS
+from authsvc.auth.keyring import KeyFile, KeyRing, SigningKey
+from authsvc.auth.tokens import TokenService
 from authsvc.errors import InvalidToken
-from authsvc.keyring import KeyFile, KeyRing, SigningKey
-from authsvc.keys import TOKENS
-from authsvc.tokens import TokenService
-from helpers import PASSWORD, bearer, login, signup
+from authsvc.settings import Settings
+from authsvc.verifier import CLAIMS, TokenVerifier
 
 OWNER = "owner@example.com"
 JWKS_PATH = "/.well-known/jwks.json"

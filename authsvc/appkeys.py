@@ -1,0 +1,43 @@
+"""Every piece of shared application and request state, under a typed key."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from authsvc.auth.accounts import Accounts
+    from authsvc.auth.credentials import Credentials
+    from authsvc.auth.password_policy import PasswordPolicy
+    from authsvc.auth.passwords import PasswordHasher
+    from authsvc.auth.sessions import Sessions
+    from authsvc.auth.throttle import LoginThrottle, SignupBudget
+    from authsvc.auth.tokens import TokenService
+    from authsvc.db.pool import Database
+    from authsvc.db.repo.users import User
+    from authsvc.observability.metrics import Metrics
+    from authsvc.settings import Settings
+
+SETTINGS = web.AppKey("settings", "Settings")
+POOL = web.AppKey("pool", "Database")
+HASHER = web.AppKey("hasher", "PasswordHasher")
+PASSWORD_POLICY = web.AppKey("password_policy", "PasswordPolicy")
+TOKENS = web.AppKey("tokens", "TokenService")
+THROTTLE = web.AppKey("throttle", "LoginThrottle")
+SIGNUPS = web.AppKey("signups", "SignupBudget")
+# The throttle's clock (monotonic seconds); tests pass one they can move.
+CLOCK = web.AppKey("clock", "Callable[[], float]")
+METRICS = web.AppKey("metrics", "Metrics")
+# The domain services, built once at start-up from the pieces above (app.services_ctx).
+SESSIONS = web.AppKey("sessions", "Sessions")
+CREDENTIALS = web.AppKey("credentials", "Credentials")
+ACCOUNTS = web.AppKey("accounts", "Accounts")
+OPENAPI = web.AppKey("openapi", bytes)  # the document, as served
+
+# Set by the bearer middleware on protected routes.
+CURRENT_USER = web.RequestKey("current_user", "User")
+CURRENT_SESSION = web.RequestKey("current_session", uuid.UUID)
+# Set by the observe middleware on every request.
+REQUEST_ID = web.RequestKey("request_id", str)

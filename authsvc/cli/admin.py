@@ -1,0 +1,253 @@
+"""Operator commands: `authsvc users create | disable | enable`, `throttle reset`, `settings`.
+
+They act on the database directly, so they work whether or not the service is running, and
+a running service sees the change on its next request (a throttling refusal it keeps in
+memory: within `throttle_memory_ms`). Passwords are never taken from the command line, where
+`ps` and the shell history would show them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import ipaddress
+import sys
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TextIO
+
+from marshmallow import ValidationError
+
+from authsvc import settings as config
+from authsvc.auth.accounts import Accounts
+from authsvc.auth.password_policy import open_policy
+from authsvc.auth.passwords import PasswordHasher
+from authsvc.auth.throttle import normalise
+from authsvc.db import pool as db
+from authsvc.db.repo import login_backoff, login_budgets, users
+from authsvc.db.repo import sessions as session_repo
+from authsvc.db.repo.users import User
+from authsvc.errors import EmailTaken, PasswordRefused
+from authsvc.http.schemas import SignupSchema
+from authsvc.settings import ConfigError, Settings, env_name, secretfiles
+
+MASK = "***"
+SECRETS = ("token_secret", "password_pepper")
+
+
+class CommandFailed(Exception):
+    """The command ran but could not do what was asked (exit code 1)."""
+
+
+@asynccontextmanager
+async def _pool(settings: Settings) -> AsyncIterator[db.Database]:
+    """The service's own database object (same timeouts), refusing a schema that is behind."""
+    database = db.Database(settings.replace(db_pool_min=1, db_pool_max=1, migrate_on_start=False))
+    try:
+        await database.open()  # MigrationError (exit 1) when migrations are pending
+        yield database
+    finally:
+        await database.close()
+
+
+# --- users ---
+
+
+def read_password(from_stdin: bool, stdin: TextIO | None = None) -> str:
+    """One line from stdin (--password-stdin), else typed twice at the terminal."""
+    stdin = stdin or sys.stdin
+    if from_stdin:
+        line = stdin.readline()
+        return line.removesuffix("\n").removesuffix("\r")  # the rest is the password as typed
+    if not stdin.isatty():
+        raise ConfigError("--password-stdin", "stdin is not a terminal: pipe the password in with this option")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password again: ") != first:
+        raise ConfigError("password", "the two entries differ")
+    return first
+
+
+def check_signup(email: str, password: str | None, first_name: str | None, last_name: str | None) -> dict[str, Any]:
+    """The same rules as POST /users (without a password: all but it); a ConfigError naming
+    the first bad value otherwise."""
+    body = {"email": email, "password": password, "first_name": first_name, "last_name": last_name}
+    labels = {"email": "EMAIL", "password": "password", "first_name": "--first-name", "last_name": "--last-name"}
+    schema = SignupSchema(partial=("password",) if password is None else ())
+    try:
+        return schema.load({k: v for k, v in body.items() if v is not None})
+    except ValidationError as exc:
+        field, messages = sorted(exc.normalized_messages().items())[0]
+        raise ConfigError(labels.get(field, field), " ".join(messages)) from None
+
+
+async def create_user(settings: Settings, data: dict[str, Any]) -> User:
+    assert settings.password_pepper is not None, "resolve the pepper first (secretfiles.resolve_pepper)"
+    hasher = PasswordHasher(settings.password_pepper, settings.bcrypt_rounds, workers=1, queue=1)
+    try:
+        async with _pool(settings) as pool, open_policy(settings) as policy:
+            # The service POST /users uses, without a signup budget: the operator has none.
+            accounts = Accounts(pool, hasher, policy)
+            try:
+                return await accounts.signup(
+                    data["email"], data["password"], data.get("first_name"), data.get("last_name")
+                )
+            except EmailTaken:
+                raise CommandFailed(f"a user with email {data['email']} exists already") from None
+            except PasswordRefused as exc:  # a bad argument, like a password that is too short
+                raise ConfigError("password", exc.message) from None
+    finally:
+        hasher.close()
+
+
+async def set_disabled(settings: Settings, email: str, disabled: bool) -> tuple[User, bool, int]:
+    """Disable or enable; return the user as it was, whether it changed, and the sessions ended."""
+    async with _pool(settings) as pool, pool.acquire() as conn, conn.transaction():
+        user = await users.select_by_email(conn, email)
+        if user is None:
+            raise CommandFailed(f"no user with email {email}")
+        changed = (user.disabled_at is None) == disabled
+        if changed:
+            await users.set_disabled(conn, user.id, disabled)
+        ended = 0
+        if disabled:
+            # Refresh tokens die with their session; access tokens are refused at authsvc on
+            # their next request, since every request reads the session and the user together.
+            ended = await session_repo.revoke_all(conn, user.id, "disabled")
+    return user, changed, ended
+
+
+def users_command(settings: Settings, args: Any, with_database: Callable[[Settings], Settings]) -> None:
+    """`users create | disable | enable EMAIL`; the database is started (embedded) only after
+    the arguments passed their checks."""
+    action, email = args.action, args.email
+    if action == "create":
+        check_signup(email, None, args.first_name, args.last_name)  # before asking for the password
+        data = check_signup(email, read_password(args.password_stdin), args.first_name, args.last_name)
+        user = asyncio.run(create_user(with_database(settings), data))
+        print(f"authsvc: created user {user.id} {user.email}")
+        return
+    user, changed, ended = asyncio.run(set_disabled(with_database(settings), email, action == "disable"))
+    if action == "disable":
+        state = "disabled" if changed else f"already disabled since {user.disabled_at:%Y-%m-%d %H:%M:%S %Z}"
+        print(f"authsvc: user {user.id} {user.email} {state}; {ended} session(s) ended")
+    else:
+        state = "enabled; earlier sessions stay ended" if changed else "was not disabled"
+        print(f"authsvc: user {user.id} {user.email} {state}")
+
+
+# --- throttling ---
+
+
+def _address(raw: str) -> str:
+    """The key the login budgets use for this address (see addresses.py)."""
+    try:
+        ip = ipaddress.ip_address(raw.strip())
+    except ValueError:
+        raise ConfigError("--address", f"{raw!r} is not an IP address") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+async def reset_throttle(settings: Settings, identifier: str | None, address: str | None) -> tuple[int, int]:
+    """Forget the failures of an account and/or an address; return (pairs, budgets) cleared."""
+    key = normalise(identifier) if identifier is not None else None
+
+    async def work(conn: Any) -> tuple[int, int]:
+        # The login path's lock order (throttle.py): address budget, pairs, account budget.
+        budgets = 0
+        if address is not None:
+            budgets += await login_budgets.forget(conn, "address", address)
+        pairs = await login_backoff.forget(conn, identifier=key, address=address)
+        if key is not None:
+            budgets += await login_budgets.forget(conn, "account", key)
+        return pairs, budgets
+
+    async with _pool(settings) as pool, pool.acquire() as conn:
+        return await db.in_transaction(conn, work)
+
+
+def throttle_command(settings: Settings, args: Any, with_database: Callable[[Settings], Settings]) -> None:
+    """`throttle reset [EMAIL] [--address IP]`."""
+    identifier, raw_address = args.email, args.address
+    if identifier is None and raw_address is None:
+        raise ConfigError("EMAIL", "name the account to reset, or give --address IP")
+    address = _address(raw_address) if raw_address is not None else None
+    pairs, budgets = asyncio.run(reset_throttle(with_database(settings), identifier, address))
+    what = " and ".join(x for x in (identifier, address and f"address {address}") if x)
+    print(
+        f"authsvc: throttling reset for {what}: {pairs} backoff pair(s), {budgets} budget(s) cleared; "
+        f"running processes follow within {settings.throttle_memory_ms / 1000:g} s"
+    )
+
+
+# --- settings ---
+
+
+def mask_url(url: str) -> str:
+    """A database URL without its password: postgresql://user:***@host/db."""
+    parts = urllib.parse.urlsplit(url)
+    prefix = f"{parts.scheme}://{parts.netloc}"
+    if not url.startswith(prefix) or "@" in url[len(prefix) :]:
+        # A password holding '/', '?' or '#' unescaped spills past the netloc: show nothing.
+        return f"{parts.scheme}://{MASK}"
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{hostinfo}" if colon else f"{user}@{hostinfo}"
+    query = "&".join(
+        f"{k}={MASK}" if "pass" in k.lower() else f"{k}{sep}{v}"
+        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    masked = f"{parts.scheme}://{netloc}{parts.path}"
+    if query:
+        masked += f"?{query}"
+    if parts.fragment:
+        masked += f"#{MASK}"
+    return masked
+
+
+def _shown(settings: Settings, name: str) -> str:
+    value = getattr(settings, name)
+    if name in SECRETS:
+        if value is not None:
+            return MASK
+        if secretfiles.secret_path(settings.data_dir, name).exists():
+            return MASK
+        return "(unset: generated in embedded mode)" if settings.embedded else "(unset)"
+    if name == "introspection_clients":
+        return ",".join(f"{client_id}:{MASK}" for client_id, _ in value) or "(none)"
+    if name == "database_url":
+        return mask_url(value) if value else f"(unset: embedded PostgreSQL in {settings.data_dir / 'pgdata'})"
+    if name == "public_base_url" and value is None:
+        return f"(unset: {settings.public_url})"
+    if name == "signing_keys_file" and value is None:
+        return f"(unset: {settings.keys_file})"
+    if name == "breached_passwords_url":  # a private mirror's URL may carry a credential
+        return mask_url(value) if value else "(unset: no breached-password check)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "(none)"
+    return str(value)
+
+
+def settings_lines(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """Every setting with its variable, value (secrets masked) and where it came from."""
+    width = max(len(env_name(name)) for name in config.FIELDS)
+    return [
+        f"{env_name(name):<{width}}  {_shown(settings, name)}{_source(settings, name, environ)}"
+        for name in config.FIELDS
+    ]
+
+
+def _source(settings: Settings, name: str, environ: Mapping[str, str]) -> str:
+    if env_name(name) in environ:
+        return ""
+    if name in SECRETS:
+        path = secretfiles.secret_path(settings.data_dir, name)
+        if getattr(settings, name) is None and path.exists():
+            return f"  [from {path}]"
+    return "  [default]"

@@ -1,0 +1,190 @@
+"""The `authsvc` command: serve, migrate, secrets, keys; operator commands in operator.py."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from authsvc import settings as config
+from authsvc.auth.keyring import KeyError_, KeyFile
+from authsvc.cli import admin as operator
+from authsvc.cli import workers
+from authsvc.db import embedded, migrate
+from authsvc.db.pool import UNAVAILABLE_ERRORS
+from authsvc.observability import logs
+from authsvc.settings import ConfigError, Settings, secretfiles
+
+log = logging.getLogger("authsvc")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authsvc", description="Authentication service on aiohttp and PostgreSQL.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP service (applies pending migrations first)")
+    serve.add_argument("--host", help="address to listen on (AUTHSVC_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (AUTHSVC_PORT, default 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes on the port (AUTHSVC_WORKERS, default: cores)")
+    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    secrets = sub.add_parser("secrets", help="manage secret files in AUTHSVC_DATA_DIR")
+    secrets.add_argument(
+        "action", choices=["init"], help="init: create the missing secret files and signing keys (mode 0600)"
+    )
+    keys = sub.add_parser("keys", help="manage the token signing keys (AUTHSVC_SIGNING_KEYS_FILE)")
+    keys.add_argument(
+        "action",
+        choices=["list", "generate", "rotate", "activate", "prune"],
+        help="list; generate: add a key, published but not signing (active only if none is); "
+        "rotate: add a key and sign with it, retiring the old one; activate KID; "
+        "prune: drop retired keys whose tokens have all expired",
+    )
+    keys.add_argument("kid", nargs="?", help="the key to activate")
+    _operator_parsers(sub)
+    return parser
+
+
+def _operator_parsers(sub: Any) -> None:
+    users = sub.add_parser("users", help="create, disable or enable a user").add_subparsers(
+        dest="action", required=True
+    )
+    create = users.add_parser("create", help="create a user, as POST /users does")
+    create.add_argument("email", metavar="EMAIL")
+    create.add_argument("--first-name")
+    create.add_argument("--last-name")
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin (else it is asked for twice)"
+    )
+    for action, what in (("disable", "no login, every session ends"), ("enable", "logging in works again")):
+        users.add_parser(action, help=f"{action} a user: {what}").add_argument("email", metavar="EMAIL")
+    throttle = sub.add_parser("throttle", help="reset login throttling").add_subparsers(dest="action", required=True)
+    reset = throttle.add_parser("reset", help="forget the failed logins of an account (every address) or an address")
+    reset.add_argument("email", metavar="EMAIL", nargs="?")
+    reset.add_argument("--address", metavar="IP", help="also clear this address's budget and block")
+    sub.add_parser("settings", help="print the effective settings, secrets masked")
+
+
+def _with_database(settings: Settings) -> Settings:
+    if settings.database_url is not None:
+        return settings
+    url, pgdata = embedded.start(settings.data_dir)
+    print(f"authsvc: embedded PostgreSQL, data kept in {pgdata}", file=sys.stderr)
+    return settings.replace(database_url=url)
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    if args.host:
+        settings = settings.replace(host=args.host)
+    if args.port is not None:
+        if not 1 <= args.port <= 65535:
+            raise ConfigError("--port", "must be from 1 to 65535")
+        settings = settings.replace(port=args.port)
+    count = settings.workers if args.workers is None else args.workers
+    if not 1 <= count <= 256:
+        raise ConfigError("--workers", "must be from 1 to 256")
+    settings = settings.replace(workers=count)  # each worker knows how many share the port
+    embedded_mode = settings.embedded
+    settings = secretfiles.resolve(_with_database(settings), generate=embedded_mode)
+    if count == 1:
+        workers.run(settings)
+        return
+    # Migrate once here rather than racing N workers for the lock; with the database away
+    # (or still locked by another instance's migration after a while), the workers start
+    # anyway and migrate, one at a time under the lock, once it is ready.
+    if settings.migrate_on_start:
+        try:
+            asyncio.run(_migrate(settings, within=settings.db_connect_timeout + settings.db_statement_timeout))
+        except UNAVAILABLE_ERRORS as exc:  # TimeoutError included
+            log.warning("database not ready at start (%s): the workers migrate when it is", type(exc).__name__)
+        else:
+            settings = settings.replace(migrate_on_start=False)
+    code = workers.run_many(settings, count)
+    if code:
+        raise SystemExit(code)
+
+
+async def _migrate(settings: Settings, within: float | None = None) -> list[migrate.Migration]:
+    async with asyncio.timeout(within):
+        conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+        try:
+            return await migrate.migrate(conn)
+        finally:
+            await conn.close()
+
+
+def _run(argv: Sequence[str] | None) -> None:
+    args = _parser().parse_args(argv)
+    settings = config.from_env()
+    logs.setup(settings.log_level, settings.log_format)
+    if args.command == "serve":
+        _serve(settings, args)
+    elif args.command == "migrate":
+        applied = asyncio.run(_migrate(_with_database(settings)))
+        print(f"authsvc: {len(applied)} migration(s) applied" + "".join(f"\n  {m.version:04d}_{m.name}" for m in applied))
+    elif args.command == "secrets":
+        secretfiles.resolve(settings, generate=True)
+        print(f"authsvc: secrets ready in {settings.data_dir / 'secrets'}")
+    elif args.command == "keys":
+        _keys(settings, args.action, args.kid)
+    elif args.command == "settings":
+        print("\n".join(operator.settings_lines(settings, os.environ)))
+    elif args.command == "users":
+        if args.action == "create":  # hash with the service's own pepper (generated as `serve` would)
+            settings = secretfiles.resolve_pepper(settings)
+        operator.users_command(settings, args, _with_database)
+    elif args.command == "throttle":
+        operator.throttle_command(settings, args, _with_database)
+
+
+def _keys(settings: Settings, action: str, kid: str | None) -> None:
+    if settings.token_algorithm == "HS256":
+        raise ConfigError("AUTHSVC_TOKEN_ALGORITHM", "HS256 signs with AUTHSVC_TOKEN_SECRET: there is no key file")
+    doc = KeyFile.load(settings.keys_file)
+    if action == "generate":
+        print(f"authsvc: generated key {doc.generate(settings.token_algorithm, activate=False)}")
+    elif action == "rotate":
+        print(f"authsvc: generated key {doc.generate(settings.token_algorithm, activate=True)}, now signing")
+    elif action == "activate":
+        if not kid:
+            raise ConfigError("kid", "name the key to activate (see `authsvc keys list`)")
+        doc.activate(kid)
+        print(f"authsvc: key {kid} now signing")
+    elif action == "prune":
+        keep = timedelta(seconds=settings.access_token_ttl + settings.token_leeway)
+        print(f"authsvc: removed {len(doc.prune(keep))} retired key(s)")
+    if action != "list":
+        doc.save()
+    for entry in doc.entries:
+        state = "active" if entry["kid"] == doc.active else f"retired {entry['retired_at']}" if entry[
+            "retired_at"
+        ] else "published"
+        print(f"  {entry['kid']}  {entry['alg']}  created {entry['created_at']}  {state}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        _run(argv)
+    except ConfigError as exc:
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return 2
+    except KeyError_ as exc:
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return 2
+    except (migrate.MigrationError, operator.CommandFailed) as exc:
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return 1
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(f"authsvc: database error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # unreachable database, port in use, unwritable data dir
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

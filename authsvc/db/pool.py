@@ -1,0 +1,319 @@
+"""The database behind one app: an asyncpg pool whose waits are all bounded, and that outlives outages.
+
+asyncpg waits forever by default: for a pooled connection, for a new one, for a statement.
+Here each wait has a setting (AUTHSVC_DB_*_TIMEOUT). The app starts whether or not the
+database answers; until the schema is checked (or migrated) and the pool is open, `acquire()`
+raises NotReady, which is answered 503, and a background task keeps trying. An outage is
+logged once when first seen and once when it is over, never once per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import TypeVar
+
+import asyncpg
+from aiohttp import web
+
+from authsvc.appkeys import POOL, SETTINGS
+from authsvc.db import migrate
+from authsvc.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# While the database is missing at start: first retry after RETRY_FIRST, doubling up to RETRY_MAX.
+RETRY_FIRST = 0.1
+RETRY_MAX = 2.0
+# The client-side bound on a statement is a little longer than the server's statement_timeout,
+# so the server cancels first (a clean error) and the client only gives up on a silent server.
+CLIENT_MARGIN = 1.0
+
+
+class NotReady(Exception):
+    """The database has not answered since start, or its schema is not ready yet."""
+
+
+# Errors that mean "the database is not reachable or not answering in time", not "the
+# request is wrong": answered 503 with Retry-After. Whole branches of asyncpg's hierarchy,
+# not one name per incident: a server going away mid-statement raises from any of them
+# (an InternalClientError "cannot switch to state ..." while a connection is torn down, say).
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    NotReady,
+    OSError,  # includes TimeoutError: no pooled connection, or no answer, in time
+    asyncpg.InterfaceError,  # client side: the connection closed or in a wrong state, a closed pool
+    asyncpg.InternalClientError,  # the protocol's state machine, torn down under a statement
+    asyncpg.PostgresConnectionError,  # 08xxx
+    asyncpg.InvalidAuthorizationSpecificationError,  # 28xxx: the database refuses our role now
+    asyncpg.InsufficientResourcesError,  # 53xxx: too many connections, out of memory or disk
+    asyncpg.OperatorInterventionError,  # 57xxx: statement_timeout, shutting down, starting up
+    asyncpg.PostgresSystemError,  # 58xxx: I/O errors on the server
+    asyncpg.InternalServerError,  # XX000: the server's own failure
+    # 25006: a standby after a failover, read-only until it is promoted
+    asyncpg.ReadOnlySQLTransactionError,
+    # 3D000 / 42P01: the database or its schema gone (restored or recreated empty)
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.UndefinedTableError,
+)
+
+# Errors that mean "try the transaction again": class 40 (deadlock, serialization failure)
+# and 55P03 (a NOWAIT lock). Retried a few times where they can happen, then answered 503;
+# they are load, not an outage, so they do not count as one.
+CONTENTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.TransactionRollbackError,
+    asyncpg.LockNotAvailableError,
+)
+# Tries of a transaction that PostgreSQL rolled back for contention, and the first pause.
+CONTENTION_TRIES = 4
+CONTENTION_PAUSE = 0.005
+
+
+class Contended(Exception):
+    """PostgreSQL rolled the transaction back for contention on every try."""
+
+
+async def in_transaction(conn: asyncpg.Connection, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run `work` in a transaction on `conn`; retry it after a deadlock or serialization
+    failure (with a short random pause), and raise Contended when every try met one."""
+    for tries in range(1, CONTENTION_TRIES + 1):
+        try:
+            async with conn.transaction():
+                return await work(conn)
+        except CONTENTION_ERRORS as exc:
+            # Worth a line: the login path takes its rows in one order, so a deadlock there
+            # is a bug to report, and serialization failures should stay rare.
+            log.warning("transaction rolled back (%s, SQLSTATE %s), try %d of %d", type(exc).__name__,
+                        getattr(exc, "sqlstate", "?"), tries, CONTENTION_TRIES)
+            if tries == CONTENTION_TRIES:
+                raise Contended(type(exc).__name__) from exc
+            await asyncio.sleep(random.uniform(1, 2) * CONTENTION_PAUSE * 2 ** tries)
+    raise AssertionError("unreachable")
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """The server or the way to it failed (not merely a slow statement or a full pool)."""
+    if isinstance(exc, (NotReady, TimeoutError, asyncpg.QueryCanceledError, asyncpg.InsufficientResourcesError)):
+        return False
+    return isinstance(exc, UNAVAILABLE_ERRORS)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class Database:
+    """The app's pool, with bounded waits, closed to requests until the schema is ready."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.database_url is not None, "resolve the database URL before creating the app"
+        self._settings = settings
+        self.pool: asyncpg.Pool | None = None
+        self.ready = False
+        self._down_since: float | None = None  # loop time of the first failure of this outage
+        self._failures = 0  # requests that failed during this outage
+        self._expired = False  # the pool's connections were replaced during this outage
+
+    def acquire(self) -> _Acquire:
+        """`async with db.acquire() as conn:` a pooled connection, within the acquire timeout."""
+        return _Acquire(self)
+
+    async def open(self) -> None:
+        """Check or apply the migrations, then open the pool; raises whatever the database said."""
+        s = self._settings
+        # Migrations get a connection of their own, free of the statement timeout: a migration
+        # may take long, and waiting for another replica's migration lock is expected.
+        conn = await asyncpg.connect(
+            s.database_url, timeout=s.db_connect_timeout, server_settings={"application_name": "authsvc"}
+        )
+        try:
+            await prepare_schema(conn, s.migrate_on_start)
+        finally:
+            await conn.close(timeout=s.db_connect_timeout)
+        if self.pool is None:
+            self.pool = await create_pool(s)
+        self.ready = True
+
+    async def keep_trying(self) -> None:
+        """Retry open() with a capped backoff until the database answers and the schema is ready."""
+        delay = RETRY_FIRST
+        last_problem = ""
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            try:
+                await self.open()
+            except UNAVAILABLE_ERRORS:
+                continue  # the outage is logged already
+            except Exception as exc:  # e.g. pending migrations with AUTHSVC_MIGRATE_ON_START off
+                if str(exc) != last_problem:
+                    log.error("the database answers but is not ready: %s; retrying", _describe(exc))
+                    last_problem = str(exc)
+                continue
+            self._recovered()
+            return
+
+    async def close(self) -> None:
+        """Close the pool: connections still in use get a statement's time to come back; a
+        database that does not answer the goodbye is cut off, never waited for."""
+        if self.pool is None:
+            return
+        s = self._settings
+        try:
+            async with asyncio.timeout(s.db_statement_timeout + CLIENT_MARGIN):
+                await self.pool.close()
+        except (TimeoutError, *UNAVAILABLE_ERRORS) as exc:
+            log.warning("database pool closed without the database's goodbye (%s)", _describe(exc))
+            self.pool.terminate()
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    async def failed(self, exc: BaseException, *, silent_server: bool = False) -> None:
+        """Note a failure: the first of an outage is logged; stale connections are dropped.
+
+        `silent_server`: a statement got no answer at all, past the server's own timeout,
+        which only a vanished server or network does (a full pool times out on acquire)."""
+        self._failures += 1
+        if self._down_since is None:
+            self._down_since = asyncio.get_running_loop().time()
+            log.warning("database unavailable (%s): answering 503 until it is back", _describe(exc))
+        # After a restart or failover the idle connections are dead, and some may not know it
+        # yet (no FIN from a vanished host): replace them all, once, rather than fail a request each.
+        if (silent_server or _connection_lost(exc)) and self.pool is not None and not self._expired:
+            self._expired = True
+            await self.pool.expire_connections()
+
+    def _recovered(self) -> None:
+        if self._down_since is None:
+            return
+        seconds = asyncio.get_running_loop().time() - self._down_since
+        log.warning("database available again after %.1f s (%d requests failed meanwhile)", seconds, self._failures)
+        self._down_since = None
+        self._failures = 0
+        self._expired = False
+
+
+class _Acquire:
+    """The pool's acquire context, bounded, reporting failures and recovery to the Database."""
+
+    __slots__ = ("_db", "_ctx", "_conn", "_while_down")
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        db = self._db
+        if db.pool is None or not db.ready:
+            raise NotReady("the database is not ready")
+        # A connection taken during an outage is a new one (the old ones were expired): if the
+        # work on it succeeds, the outage is over.
+        self._while_down = db.down
+        # asyncio.timeout rather than acquire(timeout=...): asyncpg bounds that with wait_for,
+        # a task per acquire, which cost about 5% of a simple read's CPU time.
+        self._ctx = db.pool.acquire()
+        try:
+            async with asyncio.timeout(db._settings.db_acquire_timeout):
+                self._conn: asyncpg.Connection = await self._ctx.__aenter__()
+                return self._conn
+        except UNAVAILABLE_ERRORS as exc:
+            await db.failed(exc)
+            raise
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        db = self._db
+        if isinstance(exc, TimeoutError):
+            # The server did not answer, not even to cancel: drop the connection now rather
+            # than wait as long again for the cancellation in the pool's reset.
+            self._conn.terminate()
+        try:
+            await self._ctx.__aexit__(exc_type, exc, tb)
+        except UNAVAILABLE_ERRORS as release_exc:
+            await db.failed(release_exc)
+            raise
+        if exc is None:
+            if self._while_down:
+                db._recovered()
+        elif isinstance(exc, UNAVAILABLE_ERRORS):
+            # A TimeoutError here is from a statement (acquiring was done), so the client-side
+            # bound ran out: the server did not even cancel it.
+            await db.failed(exc, silent_server=isinstance(exc, TimeoutError))
+
+
+async def create_pool(s: Settings) -> asyncpg.Pool:
+    statement_ms = round(s.db_statement_timeout * 1000)
+    # asyncpg logs each failed attempt to refill the pool; the outage is logged here once instead.
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
+    return await asyncpg.create_pool(
+        s.database_url,
+        min_size=s.db_pool_min,
+        max_size=s.db_pool_max,
+        timeout=s.db_connect_timeout,  # opening a connection
+        command_timeout=s.db_statement_timeout + CLIENT_MARGIN,  # a server that went silent
+        server_settings={"application_name": "authsvc", "statement_timeout": str(statement_ms)},
+    )
+
+
+async def prepare_schema(conn: asyncpg.Connection, apply: bool) -> None:
+    if apply:
+        await migrate.migrate(conn)
+        return
+    todo = await migrate.pending(conn)
+    if todo:
+        raise migrate.MigrationError(
+            f"{len(todo)} migration(s) pending: run `authsvc migrate` first"
+        )
+
+
+async def _finish_opening(db: Database, opening: asyncio.Task[None]) -> None:
+    """An open() that outlasted the start-up wait: see it through, else keep trying."""
+    try:
+        await opening
+    except UNAVAILABLE_ERRORS as exc:
+        await db.failed(exc)
+    except Exception as exc:  # past start-up nothing can stop the start: say it, retry
+        log.error("the database answers but is not ready: %s; retrying", _describe(exc))
+    else:
+        log.warning("database ready: serving")
+        return
+    await db.keep_trying()
+
+
+async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    db = Database(s)
+    app[POOL] = db
+    background: asyncio.Task[None] | None = None
+    # Waiting for another instance's migration lock (or a long migration) must not keep the
+    # port closed: past this the app serves, 503 until the database is ready. A
+    # misconfiguration the database reports within it still stops the start.
+    start_wait = s.db_connect_timeout + s.db_statement_timeout
+    opening = asyncio.create_task(db.open())
+    await asyncio.wait({opening}, timeout=start_wait)
+    if not opening.done():
+        log.warning(
+            "database not ready after %.1f s (a migration, or another instance's): answering 503 until it is",
+            start_wait,
+        )
+        background = asyncio.create_task(_finish_opening(db, opening))
+    elif isinstance(error := opening.exception(), UNAVAILABLE_ERRORS):
+        # Start anyway: /healthz answers, /readyz and everything else say 503 until it is back.
+        await db.failed(error)
+        background = asyncio.create_task(db.keep_trying())
+    else:
+        opening.result()  # opened, or a misconfiguration the database reported: raised here
+    yield
+    for task in (background, opening):
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *UNAVAILABLE_ERRORS):
+                await task
+    await db.close()  # waits (within a bound) for connections still in use to come back
+    log.info("database pool closed")

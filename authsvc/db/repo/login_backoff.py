@@ -1,0 +1,170 @@
+"""Failed-login counters per (identifier, address), shared by every replica through the database.
+
+Each attempt first claims the key in one atomic upsert: the claim succeeds only when the
+key is not in backoff (`next_attempt_at`) and fewer attempts than allowed are in flight
+(`in_flight`, until `held_until`), and holds it while the password is checked. A pair with
+failures allows one attempt at a time, so parallel guesses cannot walk around the backoff;
+a clean pair the caller trusts (see throttle.py) allows as many as it passes.
+
+Lock order: every transaction on the login path takes the address budget row, then this
+table's row, then the known-address row, then the account budget row (throttle.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import asyncpg
+
+from authsvc.db.repo import delete_in_batches
+
+
+@dataclass(frozen=True)
+class Closed:
+    seconds: float  # until the key may open
+    backoff: bool  # True: a backoff, which nothing ends early; False: held by an attempt in flight
+
+
+# Failures older than the window are forgotten: the pair counts as clean again.
+FAILURES = "CASE WHEN b.updated_at < now() - $4::interval THEN 0 ELSE b.failures END"
+# After a success or failure: one claim fewer in flight; the hold ends with the last one.
+DONE = """in_flight = greatest(in_flight - 1, 0),
+          held_until = CASE WHEN in_flight <= 1 THEN least(held_until, now()) ELSE held_until END"""
+
+
+async def claim(
+    conn: asyncpg.Connection, identifier: str, address: str, hold: timedelta, forget_after: timedelta, parallel: int
+) -> int | None:
+    """Claim the next attempt; return the failures so far, or None when the key is closed.
+
+    `parallel`: how many attempts may be in flight at once while the pair has no failures;
+    with failures, one.
+    """
+    return await conn.fetchval(
+        f"""
+        INSERT INTO login_backoff AS b (identifier, address, held_until, in_flight)
+        VALUES ($1, $2, now() + $3::interval, 1)
+        ON CONFLICT (identifier, address) DO UPDATE
+           SET failures = {FAILURES},
+               in_flight = CASE WHEN b.held_until <= now() THEN 1 ELSE b.in_flight + 1 END,
+               held_until = now() + $3::interval,
+               updated_at = now()
+         WHERE b.next_attempt_at <= now()
+           AND (b.held_until <= now() OR b.in_flight < CASE WHEN {FAILURES} = 0 THEN $5 ELSE 1 END)
+        RETURNING failures
+        """,
+        identifier,
+        address,
+        hold,
+        forget_after,
+        parallel,
+    )
+
+
+async def held_full(conn: asyncpg.Connection, identifier: str, address: str, parallel: int) -> bool:
+    """Whether the pair has `parallel` attempts (or more) in flight and no backoff: a plain
+    read, which locks nothing, for a waiter to look before it claims."""
+    return bool(
+        await conn.fetchval(
+            """
+            SELECT held_until > now() AND next_attempt_at <= now() AND in_flight >= $3
+              FROM login_backoff WHERE identifier = $1 AND address = $2
+            """,
+            identifier,
+            address,
+            parallel,
+        )
+    )
+
+
+async def closed_for(conn: asyncpg.Connection, identifier: str, address: str) -> Closed:
+    row = await conn.fetchrow(
+        """
+        SELECT greatest(extract(epoch FROM next_attempt_at - now()), 0)::float8 AS backoff,
+               greatest(extract(epoch FROM held_until - now()), 0)::float8 AS held
+          FROM login_backoff WHERE identifier = $1 AND address = $2
+        """,
+        identifier,
+        address,
+    )
+    if row is None:
+        return Closed(0.0, False)
+    if row["backoff"] > 0:
+        return Closed(row["backoff"], True)
+    return Closed(row["held"], False)
+
+
+async def record_failure(
+    conn: asyncpg.Connection, identifier: str, address: str, base: timedelta, cap: timedelta
+) -> timedelta:
+    """Count a failure and close the key for base * 2^(failures-1), at most cap; return that delay."""
+    delay = await conn.fetchval(
+        f"""
+        UPDATE login_backoff
+           SET failures = failures + 1,
+               next_attempt_at = now() + least($3::interval * power(2, least(failures, 30)), $4::interval),
+               {DONE},
+               updated_at = now()
+         WHERE identifier = $1 AND address = $2
+        RETURNING next_attempt_at - now()
+        """,
+        identifier,
+        address,
+        base,
+        cap,
+    )
+    return delay or timedelta(0)
+
+
+async def release(conn: asyncpg.Connection, identifier: str, address: str) -> None:
+    """Give back a claim whose check did not finish (no failure is counted)."""
+    await conn.execute(
+        f"UPDATE login_backoff SET {DONE} WHERE identifier = $1 AND address = $2",
+        identifier,
+        address,
+    )
+
+
+async def reset(conn: asyncpg.Connection, identifier: str, address: str) -> None:
+    """A success: the failures and any backoff are forgotten. The row goes, unless other
+    claims of the pair are still in flight (their hold stays)."""
+    deleted = await conn.execute(
+        """
+        DELETE FROM login_backoff
+         WHERE identifier = $1 AND address = $2 AND (in_flight <= 1 OR held_until <= now())
+        """,
+        identifier,
+        address,
+    )
+    if deleted == "DELETE 0":
+        await conn.execute(
+            f"""
+            UPDATE login_backoff SET failures = 0, next_attempt_at = least(next_attempt_at, now()), {DONE},
+                                     updated_at = now()
+             WHERE identifier = $1 AND address = $2
+            """,
+            identifier,
+            address,
+        )
+
+
+async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
+    return await delete_in_batches(
+        conn,
+        """
+        DELETE FROM login_backoff WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM login_backoff
+             WHERE updated_at < now() - $1::interval AND next_attempt_at < now() AND held_until < now()
+             LIMIT $2 FOR UPDATE SKIP LOCKED))
+        """,
+        older_than,
+    )
+
+
+async def forget(conn: asyncpg.Connection, identifier: str | None = None, address: str | None = None) -> int:
+    """Drop every pair of an identifier or of an address (an operator's reset); return how many."""
+    result = await conn.execute(
+        "DELETE FROM login_backoff WHERE identifier = $1 OR address = $2", identifier, address
+    )
+    return int(result.split()[-1])

@@ -1,0 +1,151 @@
+"""Sessions and refresh tokens."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from authsvc.db.repo import delete_in_batches
+from authsvc.db.repo.users import COLUMNS as USER_COLUMNS
+from authsvc.db.repo.users import User
+
+
+@dataclass(frozen=True)
+class RefreshState:
+    """A presented refresh token with its session, locked for this transaction."""
+
+    session_id: uuid.UUID
+    user_id: int
+    used_at: datetime | None
+    live: bool  # the session is neither revoked nor expired (absolute or idle)
+    used_within_grace: bool
+
+
+async def insert_session(conn: asyncpg.Connection, session_id: uuid.UUID, user_id: int, lifetime: timedelta) -> None:
+    await conn.execute(
+        "INSERT INTO sessions (id, user_id, expires_at) VALUES ($1, $2, now() + $3::interval)",
+        session_id,
+        user_id,
+        lifetime,
+    )
+
+
+async def insert_refresh_token(conn: asyncpg.Connection, token_hash: bytes, session_id: uuid.UUID) -> None:
+    await conn.execute("INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)", token_hash, session_id)
+
+
+async def lock_refresh(
+    conn: asyncpg.Connection, token_hash: bytes, idle: timedelta, grace: timedelta
+) -> RefreshState | None:
+    """Find a refresh token and lock it and its session: refreshes of one session take turns.
+
+    Both rows are locked, so a refresh that waited re-reads the token's used_at as the one
+    before it left it; and the grace is measured on the clock, not from the start of this
+    transaction, which may have begun before the other one used the token.
+    """
+    row = await conn.fetchrow(
+        """
+        SELECT s.id AS session_id, s.user_id, t.used_at,
+               (s.revoked_at IS NULL AND s.expires_at > now() AND s.last_used_at > now() - $2::interval
+                AND u.disabled_at IS NULL) AS live,
+               (t.used_at IS NOT NULL AND t.used_at > clock_timestamp() - $3::interval) AS used_within_grace
+          FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id
+         WHERE t.token_hash = $1
+           FOR UPDATE OF s, t
+        """,
+        token_hash,
+        idle,
+        grace,
+    )
+    return RefreshState(**row) if row is not None else None
+
+
+async def mark_used(conn: asyncpg.Connection, token_hash: bytes) -> None:
+    await conn.execute("UPDATE refresh_tokens SET used_at = clock_timestamp() WHERE token_hash = $1", token_hash)
+
+
+async def touch(conn: asyncpg.Connection, session_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE sessions SET last_used_at = now() WHERE id = $1", session_id)
+
+
+async def revoke(conn: asyncpg.Connection, session_id: uuid.UUID, reason: str) -> bool:
+    result = await conn.execute(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = $2 WHERE id = $1 AND revoked_at IS NULL",
+        session_id,
+        reason,
+    )
+    return result == "UPDATE 1"
+
+
+async def revoke_all(
+    conn: asyncpg.Connection, user_id: int, reason: str, keep: uuid.UUID | None = None
+) -> int:
+    result = await conn.execute(
+        """
+        UPDATE sessions SET revoked_at = now(), revoked_reason = $2
+         WHERE user_id = $1 AND revoked_at IS NULL AND ($3::uuid IS NULL OR id <> $3)
+        """,
+        user_id,
+        reason,
+        keep,
+    )
+    return int(result.split()[-1])
+
+
+async def select_session_user(
+    conn: asyncpg.Connection, session_id: uuid.UUID, user_id: int, idle: timedelta
+) -> User | None:
+    """The user of a live session: the one query behind every authenticated request.
+
+    A disabled user has no live session, even one that began while disabling was under way.
+    """
+    row = await conn.fetchrow(
+        f"""
+        SELECT {", ".join("u." + c.strip() for c in USER_COLUMNS.split(","))}
+          FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND u.disabled_at IS NULL
+           AND s.expires_at > now() AND s.last_used_at > now() - $3::interval
+        """,
+        session_id,
+        user_id,
+        idle,
+    )
+    return User(**row) if row is not None else None
+
+
+async def select_refresh_owner(
+    conn: asyncpg.Connection, token_hash: bytes, idle: timedelta
+) -> tuple[uuid.UUID, int, datetime] | None:
+    """(session, user, session expiry) of a refresh token that could still be used."""
+    row = await conn.fetchrow(
+        """
+        SELECT s.id, s.user_id, s.expires_at
+          FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id
+         WHERE t.token_hash = $1 AND t.used_at IS NULL AND s.revoked_at IS NULL AND u.disabled_at IS NULL
+           AND s.expires_at > now() AND s.last_used_at > now() - $2::interval
+        """,
+        token_hash,
+        idle,
+    )
+    return (row["id"], row["user_id"], row["expires_at"]) if row is not None else None
+
+
+async def session_of_refresh_token(conn: asyncpg.Connection, token_hash: bytes) -> uuid.UUID | None:
+    return await conn.fetchval("SELECT session_id FROM refresh_tokens WHERE token_hash = $1", token_hash)
+
+
+async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
+    """Drop sessions that ended (expired or revoked) longer ago than `older_than`."""
+    return await delete_in_batches(
+        conn,
+        """
+        DELETE FROM sessions WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM sessions
+             WHERE expires_at < now() - $1::interval OR revoked_at < now() - $1::interval
+             LIMIT $2))
+        """,
+        older_than,
+    )

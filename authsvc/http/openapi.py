@@ -1,0 +1,452 @@
+"""The OpenAPI document, built by apispec from the marshmallow schemas that validate requests.
+
+Every route is one row of OPERATIONS: (method, path) -> Operation. A row names the schemas
+of its request (JSON body, form or query) and answer, how it is authenticated, and the
+statuses special to it. The statuses every route of a kind can answer (a bearer check, a
+JSON body, a form, a query string, the database) come from `_error_statuses`, so they stay
+the same everywhere. A table rather than YAML in docstrings: one place to read the whole
+contract, and the views stay plain. tests/test_openapi.py fails for a route without a row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema, fields
+
+from authsvc import __version__
+from authsvc.auth.ids import MAX_ID
+from authsvc.http.schemas import (
+    Email,
+    ErrorSchema,
+    IntrospectionSchema,
+    JwksSchema,
+    LoginSchema,
+    LogoutQuery,
+    MetadataSchema,
+    OAuthErrorSchema,
+    PasswordChangeSchema,
+    RefreshGrantSchema,
+    RefreshSchema,
+    SignupSchema,
+    StatusSchema,
+    Text,
+    TodoCreateSchema,
+    TodoListQuery,
+    TodoPatchSchema,
+    TodoPutSchema,
+    TodoSchema,
+    TokenFormSchema,
+    TokenGrantSchema,
+    TokenSchema,
+    UserPatchSchema,
+    UserSchema,
+)
+from authsvc.settings import Settings
+
+OPENAPI_VERSION = "3.1.0"
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+
+BEARER = "bearerAuth"
+BASIC = "introspectionClient"
+
+# aiohttp adds HEAD to every GET route (the same answer without a body); CORS adds OPTIONS
+# preflights when AUTHSVC_CORS_ORIGINS is set. Neither is an operation of its own here.
+IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    tag: str
+    answer: type[Schema] | dict[str, Any] | None = None  # the 2xx body; None: no body
+    media: tuple[str, ...] = (JSON,)  # the 2xx body's media types
+    ok: int = 200
+    json: type[Schema] | None = None  # request body, application/json
+    form: tuple[type[Schema], ...] = ()  # request body, form-encoded: one of these
+    query: type[Schema] | None = None
+    auth: str | None = BEARER  # None: public
+    database: bool = True  # needs the database, so 503 when it is down
+    errors: tuple[int, ...] = ()  # statuses beyond those its kind implies, or a more specific answer
+    ok_headers: tuple[str, ...] = ()
+    description: str = ""
+
+
+TODO_PATH = "/todos/{id}"
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    # --- service ---
+    ("GET", "/healthz"): Operation(
+        "The process is up", "service", StatusSchema, auth=None, database=False
+    ),
+    ("GET", "/readyz"): Operation("The database answers: send traffic here", "service", StatusSchema, auth=None),
+    ("GET", "/openapi.json"): Operation(
+        "This document", "service", {"type": "object"}, auth=None, database=False
+    ),
+    ("GET", "/.well-known/jwks.json"): Operation(
+        "The public keys that verify access tokens", "service", JwksSchema, auth=None, database=False,
+        description="Empty with HS256 tokens, whose key is never published.",
+    ),
+    ("GET", "/.well-known/oauth-authorization-server"): Operation(
+        "Authorization server metadata (RFC 8414)", "service", MetadataSchema, auth=None, database=False
+    ),
+    ("GET", "/metrics"): Operation(
+        "Prometheus metrics of every worker", "service", {"type": "string"},
+        media=("text/plain", "application/openmetrics-text"),
+        auth=None, database=False, errors=(404,),
+        description="The Prometheus text format (OpenMetrics when asked for). Only direct peers in "
+        "AUTHSVC_METRICS_NETWORKS get it; others get 404, as for a path that does not exist.",
+    ),
+    # --- auth ---
+    ("POST", "/auth"): Operation(
+        "Log in: start a session", "auth", TokenSchema, json=LoginSchema, auth=None, errors=(401, 429),
+        ok_headers=("Cache-Control",),
+        description="One answer (401 invalid_credentials) for an unknown email and a wrong password.",
+    ),
+    ("POST", "/auth/refresh"): Operation(
+        "Exchange a refresh token for a new pair (rotation)", "auth", TokenSchema, json=RefreshSchema,
+        auth=None, errors=(400,), ok_headers=("Cache-Control",),
+        description="400 invalid_grant (with error_description) when the refresh token is not usable.",
+    ),
+    ("POST", "/auth/token"): Operation(
+        "OAuth2 token endpoint: password grant (RFC 6749 4.3) and refresh (section 6)", "auth",
+        TokenSchema, form=(TokenGrantSchema, RefreshGrantSchema), auth=None, errors=(429,),
+        ok_headers=("Cache-Control",),
+        description="The password grant answers unsupported_grant_type when AUTHSVC_PASSWORD_GRANT is off.",
+    ),
+    ("POST", "/auth/logout"): Operation(
+        "End this session, or with scope=all every session of the user", "auth", ok=204,
+        query=LogoutQuery,
+    ),
+    ("POST", "/auth/introspect"): Operation(
+        "Token introspection (RFC 7662) for services", "auth", IntrospectionSchema,
+        form=(TokenFormSchema,), auth=BASIC, ok_headers=("Cache-Control",),
+        description="Only when AUTHSVC_INTROSPECTION_CLIENTS names a client; otherwise 404.",
+    ),
+    ("POST", "/auth/revoke"): Operation(
+        "Revoke a refresh or access token (RFC 7009)", "auth", form=(TokenFormSchema,), auth=None,
+        description="200 whether or not the token was known.",
+    ),
+    # --- users ---
+    ("POST", "/users"): Operation(
+        "Sign up", "users", UserSchema, ok=201, json=SignupSchema, auth=None, errors=(409, 422),
+        ok_headers=("Location",),
+    ),
+    ("GET", "/users/me"): Operation("The current user", "users", UserSchema),
+    ("PATCH", "/users/me"): Operation("Change the current user's names", "users", UserSchema, json=UserPatchSchema),
+    ("DELETE", "/users/me"): Operation("Delete the current user, its sessions and todos", "users", ok=204),
+    ("POST", "/users/me/password"): Operation(
+        "Change the password; other sessions end", "users", ok=204, json=PasswordChangeSchema, errors=(403, 422, 429),
+    ),
+    # --- todos ---
+    ("GET", "/todos"): Operation(
+        "The current user's todos, oldest first", "todos", {"type": "array", "items": TodoSchema},
+        query=TodoListQuery,
+    ),
+    ("POST", "/todos"): Operation(
+        "Create a todo", "todos", TodoSchema, ok=201, json=TodoCreateSchema, ok_headers=("Location",)
+    ),
+    ("GET", TODO_PATH): Operation("One todo", "todos", TodoSchema, errors=(404,)),
+    ("PUT", TODO_PATH): Operation("Replace a todo", "todos", TodoSchema, json=TodoPutSchema, errors=(404,)),
+    ("PATCH", TODO_PATH): Operation(
+        "Change some fields of a todo", "todos", TodoSchema, json=TodoPatchSchema, errors=(404,)
+    ),
+    ("DELETE", TODO_PATH): Operation("Delete a todo", "todos", ok=204, errors=(404,)),
+}
+
+# Every error answer, by name. The body is ErrorSchema unless said otherwise.
+RESPONSES: dict[str, dict[str, Any]] = {
+    "BadRequest": {
+        "description": "invalid_json or invalid_body: the body could not be read; "
+        "invalid_request: an access token in the URL (protected routes).",
+    },
+    "OAuthBadRequest": {
+        "description": "RFC 6749 5.2: invalid_request, invalid_grant or unsupported_grant_type.",
+        "schema": OAuthErrorSchema,
+    },
+    "Unauthorized": {
+        "description": "unauthorized (no bearer token) or invalid_token.",
+        "headers": {"WWW-Authenticate": 'Bearer realm="authsvc"[, error="invalid_token"]'},
+    },
+    "InvalidCredentials": {
+        "description": "invalid_credentials: the email or password is not correct.",
+        "headers": {"WWW-Authenticate": 'Bearer realm="authsvc"'},
+    },
+    "ClientUnauthorized": {
+        "description": "invalid_client: no valid service credential.",
+        "headers": {"WWW-Authenticate": 'Basic realm="authsvc"'},
+    },
+    "Forbidden": {"description": "invalid_current_password."},
+    "NotFound": {"description": "not_found."},
+    "RequestTimeout": {"description": "request_timeout: the body did not arrive in time; the connection closes."},
+    "Conflict": {"description": "email_taken."},
+    "PayloadTooLarge": {"description": "payload_too_large: the body is over AUTHSVC_MAX_BODY_BYTES."},
+    "UnsupportedMediaType": {"description": "unsupported_media_type: send UTF-8 application/json."},
+    "ValidationFailed": {
+        "description": "validation_failed: `details` maps each field (or _schema) to its messages.",
+    },
+    "ValidationFailedOrPasswordRefused": {
+        "description": "validation_failed: `details` maps each field (or _schema) to its messages; or a "
+        "well-formed new password refused: password_too_common, password_contextual (made from the "
+        "account's email or names) or password_breached, `message` saying why.",
+    },
+    "TooManyAttempts": {
+        "description": "too_many_attempts: a login budget is spent; wait Retry-After seconds.",
+        "headers": {"Retry-After": "Seconds to wait."},
+    },
+    "Unavailable": {
+        "description": "unavailable (the database) or busy (password hashing is saturated).",
+        "headers": {"Retry-After": "Seconds to wait."},
+    },
+}
+
+HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Retry-After": {"type": "integer", "minimum": 1},
+    "Location": {"type": "string"},
+    "Cache-Control": {"type": "string", "const": "no-store"},
+    "WWW-Authenticate": {"type": "string"},
+}
+
+
+def _error_statuses(op: Operation) -> dict[int, str]:
+    """Status -> named response, for everything this operation can refuse with."""
+    out: dict[int, str] = {}
+    if op.auth == BEARER:
+        out |= {400: "BadRequest", 401: "Unauthorized"}
+    if op.auth == BASIC:
+        out[401] = "ClientUnauthorized"
+    if op.json is not None:
+        out |= {400: "BadRequest", 408: "RequestTimeout", 413: "PayloadTooLarge", 415: "UnsupportedMediaType"}
+        out[422] = "ValidationFailed"
+    if op.form:
+        out |= {400: "OAuthBadRequest", 408: "RequestTimeout", 413: "PayloadTooLarge"}
+    if op.query is not None:
+        out[422] = "ValidationFailed"
+    if op.database:
+        out[503] = "Unavailable"
+    special = {
+        401: "InvalidCredentials",
+        403: "Forbidden",
+        404: "NotFound",
+        409: "Conflict",
+        422: "ValidationFailedOrPasswordRefused",  # a new password: the policy's refusals too
+        429: "TooManyAttempts",
+    }
+    for status in op.errors:
+        if status != 400:  # a 400 of its own is written out in _operation
+            out[status] = special[status]
+    return dict(sorted(out.items()))
+
+
+def _header(name: str, description: str = "") -> dict[str, Any]:
+    return {"description": description or name, "required": True, "schema": HEADER_SCHEMAS[name]}
+
+
+def _response_component(body_schema: type[Schema], spec: dict[str, Any]) -> dict[str, Any]:
+    component: dict[str, Any] = {
+        "description": spec["description"],
+        "content": {JSON: {"schema": spec.get("schema", body_schema)}},
+    }
+    if "headers" in spec:
+        component["headers"] = {name: _header(name, desc) for name, desc in spec["headers"].items()}
+    return component
+
+
+def _operation(method: str, path: str, op: Operation) -> dict[str, Any]:
+    doc: dict[str, Any] = {"summary": op.summary, "tags": [op.tag], "operationId": _operation_id(method, path)}
+    if op.description:
+        doc["description"] = op.description
+    doc["security"] = [] if op.auth is None else [{op.auth: []}]
+    parameters: list[dict[str, Any]] = []
+    if "{id}" in path:
+        parameters.append({
+            "in": "path",
+            "name": "id",
+            "required": True,
+            "description": "Any other value names no todo: 404.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+            "example": 1,
+        })
+    if op.query is not None:
+        parameters.append({"in": "query", "schema": op.query})
+    if parameters:
+        doc["parameters"] = parameters
+    if op.json is not None:
+        doc["requestBody"] = {"required": True, "content": {JSON: {"schema": op.json}}}
+    elif op.form:
+        schema: Any = op.form[0] if len(op.form) == 1 else {"oneOf": list(op.form)}
+        doc["requestBody"] = {"required": True, "content": {FORM: {"schema": schema}}}
+
+    ok: dict[str, Any] = {"description": op.summary}
+    if op.answer is not None:
+        ok["content"] = {media: {"schema": op.answer} for media in op.media}
+    if op.ok_headers:
+        ok["headers"] = {name: _header(name) for name in op.ok_headers}
+    responses: dict[str, Any] = {str(op.ok): ok}
+    for status, name in _error_statuses(op).items():
+        responses[str(status)] = {"$ref": f"#/components/responses/{name}"}
+    if 400 in op.errors and op.json is not None:
+        # /auth/refresh: an unreadable body is an ErrorSchema, a refused refresh token RFC 6749 5.2.
+        responses["400"] = {
+            "description": "invalid_json or invalid_body; or invalid_grant for a refresh token not usable.",
+            "content": {JSON: {"schema": {"oneOf": [ErrorSchema, OAuthErrorSchema]}}},
+        }
+    doc["responses"] = responses
+    return doc
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [w.strip("{}") for w in path.replace(".", "_").replace("-", "_").split("/") if w]
+    return "_".join([method.lower(), *words])
+
+
+# The ASCII addresses the signup schema takes, and takes as they are (authsvc/emails.py, by
+# email-validator): a dot-atom local part; a domain of at least two labels of letters, digits
+# and inner hyphens, none with "--" as its third and fourth characters (IDNA's mark of a
+# Punycode label, which is stored decoded), the last one ending in a letter and none of the
+# special-use names. Addresses with other characters are taken too (internationalised local
+# parts and domains), and stored normalised; the description says so. No lookbehind: the
+# fuzzer's regex translation needs none.
+_ATOM = r"[-A-Za-z0-9!#$%&'*+/=?^_`{|}~]+"
+_LDH = "[A-Za-z0-9-]"
+_ALNUM = "[A-Za-z0-9]"
+
+
+def _label(last: str) -> str:
+    """A DNS label (at most 63 characters) ending in `last`, without "--" at 3 and 4."""
+    return rf"{_ALNUM}(?:{_LDH}{{0,2}}{last}|{_LDH}(?:{_ALNUM}{_LDH}|-{_ALNUM}){_LDH}{{0,58}}{last})?"
+
+
+_SPECIAL_USE = "|".join(
+    "".join(f"[{c}{c.upper()}]" for c in name) for name in ("arpa", "invalid", "local", "localhost", "onion", "test")
+)
+EMAIL_PATTERN = (
+    rf"^{_ATOM}(?:\.{_ATOM})*"
+    rf"@(?!(?:[^@]*\.)?(?:{_SPECIAL_USE})$)(?:{_label(_ALNUM)}\.)+"
+    rf"(?:[A-Za-z]|{_ALNUM}(?:{_LDH}{{0,2}}|{_LDH}(?:{_ALNUM}{_LDH}|-{_ALNUM}){_LDH}{{0,58}})[A-Za-z])$"
+)
+EMAIL_DESCRIPTION = (
+    "An email address. The pattern is its ASCII form; internationalised addresses are taken too. "
+    "Stored in Unicode NFKC with the domain in IDNA form, compared case-insensitively; "
+    "invisible, format and control characters are refused (422), and an address that looks "
+    "like an existing account's (Unicode TR39 skeleton: 'rn' and 'm', '1' and 'l') is 409 "
+    "email_taken, as a duplicate is."
+)
+
+
+def _text_pattern(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+    if isinstance(field, Email):
+        kwargs["ret"].pop("format", None)
+        return {"pattern": EMAIL_PATTERN, "description": EMAIL_DESCRIPTION}
+    # Text refuses NUL characters (PostgreSQL cannot store them): say so to clients and fuzzers.
+    return {"pattern": "^[^\\u0000]*$"} if isinstance(field, Text) else {}
+
+
+def _schema_name(schema: type[Schema] | Schema) -> str:
+    cls = schema if isinstance(schema, type) else type(schema)
+    return cls.__name__.removesuffix("Schema")
+
+
+def _request_schemas() -> list[type[Schema]]:
+    found: list[type[Schema]] = []
+    for op in OPERATIONS.values():
+        for cls in (op.json, op.query, *op.form):
+            if cls is not None and cls not in found:
+                found.append(cls)
+    return found
+
+
+def routes_of(app: web.Application) -> set[tuple[str, str]]:
+    """(method, path) of every route the app registers, HEAD and OPTIONS aside."""
+    found = set()
+    for route in app.router.routes():
+        if route.method in IMPLICIT_METHODS or route.resource is None:
+            continue
+        found.add((route.method, route.resource.canonical))
+    return found
+
+
+TOKEN_ENDPOINT = ("POST", "/auth/token")
+# /auth/token with AUTHSVC_PASSWORD_GRANT off: the refresh grant alone, and no login budget.
+REFRESH_ONLY = dataclasses.replace(
+    OPERATIONS[TOKEN_ENDPOINT],
+    summary="OAuth2 token endpoint: refresh (RFC 6749 section 6)",
+    form=(RefreshGrantSchema,),
+    errors=(),
+    description="The password grant is off here (AUTHSVC_PASSWORD_GRANT): it answers unsupported_grant_type.",
+)
+
+
+def build(routes: Iterable[tuple[str, str]], server_url: str, *, password_grant: bool = True) -> dict[str, Any]:
+    """The document for these (method, path) routes, those OPERATIONS describes."""
+    plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
+    spec = APISpec(
+        title="authsvc",
+        version=__version__,
+        openapi_version=OPENAPI_VERSION,
+        plugins=[plugin],
+        info={
+            "description": (
+                "Authentication and a small todo API. Every error is JSON: "
+                "`{error, message}` with a stable snake_case `error` code, plus `details` on "
+                "validation_failed and `error_description` on the OAuth endpoints. A method a path "
+                "does not have answers 405 with `Allow`; HEAD works wherever GET does. A request "
+                "that is not HTTP as aiohttp's parser accepts it (a request line or header over "
+                "8190 bytes, over 64 headers, malformed syntax) is refused before any route, with "
+                "400 in plain text, and its connection closed."
+            ),
+        },
+        servers=[{"url": server_url}],
+    )
+    assert plugin.converter is not None
+    plugin.converter.add_attribute_function(_text_pattern)
+    spec.components.security_scheme(
+        BEARER, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "An access token."}
+    )
+    spec.components.security_scheme(
+        BASIC,
+        {"type": "http", "scheme": "basic", "description": "A client of AUTHSVC_INTROSPECTION_CLIENTS."},
+    )
+    # What a schema states in code rather than in fields (LoginSchema's one identifier, the
+    # forms' extra parameters) it gives as `json_schema_extra`; those go in first.
+    for cls in _request_schemas():
+        extra = getattr(cls, "json_schema_extra", None)
+        if extra is not None:
+            spec.components.schema(_schema_name(cls), extra, schema=cls)
+    for name, response in RESPONSES.items():
+        spec.components.response(name, _response_component(ErrorSchema, response))
+
+    for method, path in sorted(routes, key=lambda mp: (mp[1], mp[0])):
+        op = OPERATIONS.get((method, path))
+        if (method, path) == TOKEN_ENDPOINT and not password_grant:
+            op = REFRESH_ONLY
+        if op is not None:
+            spec.path(path=path, operations={method.lower(): _operation(method, path, op)})
+    return spec.to_dict()
+
+
+INTROSPECTION = ("POST", "/auth/introspect")
+
+
+def document_bytes(app: web.Application, settings: Settings) -> bytes:
+    """The served document; apps with the same routes and URL share one (tests make many apps)."""
+    routes = routes_of(app)
+    if not settings.introspection_clients:
+        # Without clients it answers 404 to everyone, like a path that does not exist; the
+        # metadata document leaves out its introspection_endpoint too.
+        routes.discard(INTROSPECTION)
+    return _document_bytes(frozenset(routes), settings.public_url, settings.password_grant)
+
+
+@functools.lru_cache(maxsize=8)
+def _document_bytes(routes: frozenset[tuple[str, str]], server_url: str, password_grant: bool) -> bytes:
+    return json.dumps(build(routes, server_url, password_grant=password_grant), separators=(",", ":")).encode()

@@ -1,0 +1,325 @@
+"""Request and response shapes (marshmallow). Unknown fields are refused everywhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import (
+    INCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
+
+from authsvc.auth import emails
+
+PASSWORD_MIN = 8
+PASSWORD_MAX = 1024  # characters; keeps refusing an absurd password cheaper than hashing it
+
+
+class Text(fields.String):
+    """A string PostgreSQL and UTF-8 can store: no NUL, no lone surrogates."""
+
+    default_error_messages = {"unstorable": "Must not contain NUL characters or unpaired surrogates."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise self.make_error("unstorable")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise self.make_error("unstorable") from None
+        return text
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only: no "yes", 1 or "true" strings in a JSON body."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class Email(Text):
+    """An address as it is stored: normalised (authsvc/emails.py); invisible, format and control
+    characters are refused, and so is what email-validator refuses."""
+
+    default_error_messages = {"not_email": "Not a valid email address. {reason}"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return emails.normalise(text).email
+        except emails.InvalidEmail as exc:
+            raise self.make_error("not_email", reason=exc) from None
+
+
+class Base(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+def password(**kwargs: Any) -> Text:
+    # Passwords are compared exactly as typed: no strip, no normalisation, no truncation.
+    return Text(required=True, validate=validate.Length(PASSWORD_MIN, PASSWORD_MAX), **kwargs)
+
+
+def name() -> Text:
+    return Text(allow_none=True, validate=validate.Length(max=100))
+
+
+# --- users ---
+
+
+class SignupSchema(Base):
+    email = Email(required=True, validate=validate.Length(max=254))
+    password = password()
+    first_name = name()
+    last_name = name()
+
+
+class UserPatchSchema(Base):
+    first_name = name()
+    last_name = name()
+
+
+class PasswordChangeSchema(Base):
+    current_password = Text(required=True, validate=validate.Length(1, PASSWORD_MAX))
+    new_password = password()
+
+
+# Answers: `required` here is for the OpenAPI document (every answer has every field).
+
+
+class UserSchema(Schema):
+    id = fields.Integer(required=True)
+    email = fields.String(required=True)
+    first_name = fields.String(required=True, allow_none=True)
+    last_name = fields.String(required=True, allow_none=True)
+    created_at = fields.AwareDateTime(required=True)
+    updated_at = fields.AwareDateTime(required=True)
+
+
+# --- login ---
+
+
+class LoginSchema(Base):
+    """{"username" or "email", "password"}: both names mean the account's email."""
+
+    username = Text(validate=validate.Length(1, 254))
+    email = Text(validate=validate.Length(1, 254))
+    password = Text(required=True, validate=validate.Length(1, PASSWORD_MAX))
+
+    # The rule below, for the OpenAPI document (authsvc/openapi.py adds it to this schema).
+    json_schema_extra: dict[str, Any] = {"oneOf": [{"required": ["username"]}, {"required": ["email"]}]}
+
+    @validates_schema
+    def one_identifier(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("username" in data) == ("email" in data):
+            raise ValidationError("Give exactly one of username or email.", "username")
+
+
+class Form(Base):
+    """Parameters of an OAuth form body."""
+
+    class Meta:
+        unknown = "exclude"  # RFC 6749 3.2: unrecognised parameters are ignored
+
+    # For the OpenAPI document: other parameters are ignored, but each is one string (a
+    # parameter given twice is invalid_request).
+    json_schema_extra: dict[str, Any] = {"additionalProperties": {"type": "string"}}
+
+
+def form_token() -> Text:
+    return Text(required=True, validate=validate.Length(1, 1024))
+
+
+class TokenGrantSchema(Form):
+    """The form of RFC 6749 section 4.3; client_id and scope are accepted and ignored."""
+
+    grant_type = Text(required=True, validate=validate.Equal("password"))
+    username = Text(required=True, validate=validate.Length(1, 254))
+    password = Text(required=True, validate=validate.Length(1, PASSWORD_MAX))
+    scope = Text()
+    client_id = Text()
+
+
+class RefreshGrantSchema(Form):
+    """The form of RFC 6749 section 6."""
+
+    grant_type = Text(required=True, validate=validate.Equal("refresh_token"))
+    refresh_token = form_token()
+    scope = Text()
+    client_id = Text()
+
+
+class TokenFormSchema(Form):
+    """The form of RFC 7009 revocation and RFC 7662 introspection."""
+
+    token = form_token()
+    token_type_hint = Text()
+
+
+class RefreshSchema(Base):
+    # Any string up to the size of a JWT: what is not one of ours is invalid_grant, as on /auth/token.
+    refresh_token = Text(required=True, validate=validate.Length(1, 4096))
+
+
+class LogoutQuery(Base):
+    scope = fields.String(load_default="session", validate=validate.OneOf(["session", "all"]))
+
+
+class TokenSchema(Schema):
+    access_token = fields.String(required=True)
+    token_type = fields.String(required=True, validate=validate.Equal("bearer"))
+    expires_in = fields.Integer(required=True)
+    refresh_token = fields.String(required=True)
+
+
+class IntrospectionSchema(Schema):
+    """RFC 7662 2.2: only `active` when the token is not usable; its claims when it is."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    active = fields.Boolean(required=True)
+    token_type = fields.String(validate=validate.OneOf(["access_token", "refresh_token"]))
+    sub = fields.String()
+    sid = fields.String()
+    exp = fields.Integer()
+    iat = fields.Integer()
+    iss = fields.String()
+    aud = fields.String()
+    jti = fields.String()
+
+
+# --- todos ---
+
+
+def todo_text(**kwargs: Any) -> Text:
+    return Text(validate=validate.Length(1, 1000), **kwargs)
+
+
+class TodoCreateSchema(Base):
+    text = todo_text(required=True)
+    completed = StrictBoolean(load_default=False)
+
+
+class TodoPutSchema(Base):
+    text = todo_text(required=True)
+    completed = StrictBoolean(required=True)
+
+
+class TodoPatchSchema(Base):
+    text = todo_text()
+    completed = StrictBoolean()
+
+
+class QueryInteger(fields.Integer):
+    """A whole number in a query string: ASCII digits only (no "1_0", no other scripts' digits)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not (isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class TodoListQuery(Base):
+    limit = QueryInteger(load_default=50, validate=validate.Range(1, 200))
+    offset = QueryInteger(load_default=0, validate=validate.Range(0, 1_000_000_000))
+    completed = fields.Boolean(truthy={"true"}, falsy={"false"})
+
+
+class TodoSchema(Schema):
+    id = fields.Integer(required=True)
+    text = fields.String(required=True)
+    completed = fields.Boolean(required=True)
+    created_at = fields.AwareDateTime(required=True)
+    updated_at = fields.AwareDateTime(required=True)
+
+
+# The answers are built by hand below: marshmallow's dump took 200 us for a page of 20 todos,
+# a fifth of the whole request. The schemas above stay the documented shape, and a test
+# checks that these functions give exactly what they would.
+
+
+def user_json(user: Any) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "created_at": user.created_at.isoformat(),
+        "updated_at": user.updated_at.isoformat(),
+    }
+
+
+def todo_json(todo: Any) -> dict[str, Any]:
+    return {
+        "id": todo.id,
+        "text": todo.text,
+        "completed": todo.completed,
+        "created_at": todo.created_at.isoformat(),
+        "updated_at": todo.updated_at.isoformat(),
+    }
+
+
+# --- errors and service documents ---
+
+
+class ErrorSchema(Schema):
+    error = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Dict()  # field name -> messages, on validation_failed
+
+
+class OAuthErrorSchema(Schema):
+    """RFC 6749 5.2, with `message` as in every other error."""
+
+    error = fields.String(
+        required=True,
+        validate=validate.OneOf(["invalid_request", "invalid_grant", "unsupported_grant_type"]),
+    )
+    error_description = fields.String(required=True)
+    message = fields.String(required=True)
+
+
+class StatusSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "ready"]))
+
+
+class JwkSchema(Schema):
+    """A public key (RFC 7517); the members besides these depend on the key type."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    kty = fields.String(required=True)
+    kid = fields.String(required=True)
+    alg = fields.String(required=True)
+    use = fields.String(required=True, validate=validate.Equal("sig"))
+
+
+class JwksSchema(Schema):
+    keys = fields.List(fields.Nested(JwkSchema), required=True)
+
+
+class MetadataSchema(Schema):
+    """RFC 8414 authorization server metadata; introspection_* only when it is enabled."""
+
+    issuer = fields.String(required=True)
+    jwks_uri = fields.String(required=True)
+    token_endpoint = fields.String(required=True)
+    revocation_endpoint = fields.String(required=True)
+    grant_types_supported = fields.List(fields.String(), required=True)
+    token_endpoint_auth_methods_supported = fields.List(fields.String(), required=True)
+    id_token_signing_alg_values_supported = fields.List(fields.String(), required=True)
+    access_token_signing_alg_values_supported = fields.List(fields.String(), required=True)
+    audience = fields.String(required=True)
+    introspection_endpoint = fields.String()
+    introspection_endpoint_auth_methods_supported = fields.List(fields.String())

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from aiohttp import web
+
+from authsvc.appkeys import CURRENT_USER, POOL
+from authsvc.auth.ids import parse_id
+from authsvc.db.repo import todos
+from authsvc.errors import NotFound
+from authsvc.http.bodies import read_json, read_query
+from authsvc.http.schemas import (
+    TodoCreateSchema,
+    TodoListQuery,
+    TodoPatchSchema,
+    TodoPutSchema,
+    todo_json,
+)
+
+routes = web.RouteTableDef()
+
+create_schema = TodoCreateSchema()
+put_schema = TodoPutSchema()
+patch_schema = TodoPatchSchema()
+list_query = TodoListQuery()
+
+
+def _todo_id(request: web.Request) -> int:
+    # Malformed and out-of-range ids name no todo: 404, like another user's todo.
+    todo_id = parse_id(request.match_info["id"])
+    if todo_id is None:
+        raise NotFound("No such todo.")
+    return todo_id
+
+
+def _found(todo: todos.Todo | None) -> web.Response:
+    if todo is None:
+        raise NotFound("No such todo.")
+    return web.json_response(todo_json(todo))
+
+
+@routes.get("/todos")
+async def list_todos(request: web.Request) -> web.Response:
+    query = read_query(request, list_query)
+    async with request.app[POOL].acquire() as conn:
+        page = await todos.select_page(
+            conn, request[CURRENT_USER].id, query["limit"], query["offset"], query.get("completed")
+        )
+    return web.json_response([todo_json(t) for t in page])
+
+
+@routes.post("/todos")
+async def create_todo(request: web.Request) -> web.Response:
+    data = await read_json(request, create_schema)
+    async with request.app[POOL].acquire() as conn:
+        todo = await todos.insert(conn, request[CURRENT_USER].id, data["text"], data["completed"])
+    return web.json_response(todo_json(todo), status=201, headers={"Location": f"/todos/{todo.id}"})
+
+
+@routes.get("/todos/{id}")
+async def get_todo(request: web.Request) -> web.Response:
+    todo_id = _todo_id(request)
+    async with request.app[POOL].acquire() as conn:
+        return _found(await todos.select_one(conn, request[CURRENT_USER].id, todo_id))
+
+
+async def _update(request: web.Request, schema: TodoPatchSchema | TodoPutSchema) -> web.Response:
+    todo_id = _todo_id(request)
+    data = await read_json(request, schema)
+    owner_id = request[CURRENT_USER].id
+    async with request.app[POOL].acquire() as conn:
+        if not data:  # an empty PATCH changes nothing, not even updated_at
+            return _found(await todos.select_one(conn, owner_id, todo_id))
+        todo = await todos.update(conn, owner_id, todo_id, data.get("text"), data.get("completed"))
+    return _found(todo)
+
+
+@routes.patch("/todos/{id}")
+async def patch_todo(request: web.Request) -> web.Response:
+    return await _update(request, patch_schema)
+
+
+@routes.put("/todos/{id}")
+async def put_todo(request: web.Request) -> web.Response:
+    return await _update(request, put_schema)
+
+
+@routes.delete("/todos/{id}")
+async def delete_todo(request: web.Request) -> web.Response:
+    todo_id = _todo_id(request)
+    async with request.app[POOL].acquire() as conn:
+        if not await todos.delete(conn, request[CURRENT_USER].id, todo_id):
+            raise NotFound("No such todo.")
+    return web.Response(status=204)
