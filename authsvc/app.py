@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
@@ -25,15 +26,15 @@ from authsvc.appkeys import (
     THROTTLE,
     TOKENS,
 )
+from authsvc.auth import throttle
 from authsvc.auth.accounts import Accounts
 from authsvc.auth.credentials import Credentials
 from authsvc.auth.keyring import RELOAD_EVERY, KeyRing
-from authsvc.auth.password_policy import open_policy
 from authsvc.auth.passwords import PasswordHasher
 from authsvc.auth.sessions import Sessions
-from authsvc.auth.throttle import throttle_ctx
 from authsvc.auth.tokens import TokenService
-from authsvc.db.pool import pool_ctx
+from authsvc.db import pool
+from authsvc.http.breached import open_policy
 from authsvc.http.middlewares import bearer_auth, errors_to_json, security_headers
 from authsvc.http.observe import echo_request_id, observe
 from authsvc.http.openapi import document_bytes
@@ -69,21 +70,34 @@ async def password_policy_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with pool.opened(app[SETTINGS]) as database:
+        app[POOL] = database
+        yield
+
+
+async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with throttle.running(app[POOL], app[SETTINGS], app.get(CLOCK, time.monotonic)) as (logins, signups):
+        app[THROTTLE] = logins
+        app[SIGNUPS] = signups
+        yield
+
+
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     """The domain services, each built from what it needs, and their background loops."""
     s = app[SETTINGS]
-    pool, hasher, tokens = app[POOL], app[HASHER], app[TOKENS]
+    database, hasher, tokens = app[POOL], app[HASHER], app[TOKENS]
     sessions = Sessions(
-        pool,
+        database,
         tokens,
         idle=timedelta(seconds=s.session_idle_timeout),
         lifetime=timedelta(seconds=s.session_lifetime),
         reuse_grace=timedelta(seconds=s.refresh_reuse_grace),
     )
-    credentials = Credentials(pool, hasher, app[THROTTLE], app[METRICS])
+    credentials = Credentials(database, hasher, app[THROTTLE], app[METRICS])
     app[SESSIONS] = sessions
     app[CREDENTIALS] = credentials
-    app[ACCOUNTS] = Accounts(pool, hasher, app[PASSWORD_POLICY], app[SIGNUPS], credentials)
+    app[ACCOUNTS] = Accounts(database, hasher, app[PASSWORD_POLICY], app[SIGNUPS], credentials)
 
     async def reload_keys() -> None:
         if await tokens.keys.reload_if_changed():

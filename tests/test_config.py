@@ -10,7 +10,8 @@ import pytest
 
 from authsvc import settings as config
 from authsvc.auth.keyring import KeyFile
-from authsvc.settings import ConfigError, Settings, secretfiles
+from authsvc.cli import secretfiles
+from authsvc.settings import ConfigError, Settings
 
 GOOD_SECRET = secrets.token_urlsafe(48)
 

@@ -20,15 +20,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from helpers import PASSWORD, assert_error, bearer, login, signup
 
 from authsvc.auth import password_policy
-from authsvc.auth.password_policy import (
-    MAX_JUDGED,
-    PasswordPolicy,
-    RangeAnswerError,
-    breach_count,
-    judge,
-    user_inputs,
-)
+from authsvc.auth.password_policy import MAX_JUDGED, PasswordPolicy, judge, user_inputs
 from authsvc.errors import Busy
+from authsvc.http.breached import RangeAnswerError, breach_count
 
 COMMON = ["password", "12345678", "qwertyuiop", "Password1"]
 EMAIL = "grace.hopper@example.com"
@@ -255,7 +249,7 @@ async def checked(make_client: Callable[..., Awaitable[TestClient]], range_api: 
 
 
 def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "authsvc.auth.password_policy"]
+    return [r.getMessage() for r in caplog.records if r.name == "authsvc.http.breached"]
 
 
 async def test_a_breached_password_is_refused_sending_only_the_hash_prefix(
@@ -298,7 +292,7 @@ async def test_a_breached_new_password_is_refused_at_change(checked: TestClient,
 async def test_an_unusable_answer_fails_open_with_one_line_per_outage(
     checked: TestClient, range_api: RangeApi, caplog: pytest.LogCaptureFixture, mode: str
 ) -> None:
-    caplog.set_level(logging.WARNING, "authsvc.auth.password_policy")
+    caplog.set_level(logging.WARNING, "authsvc.http.breached")
     range_api.mode = mode
     started = time.perf_counter()
     for i in range(3):  # even the breached one: the check cannot tell
@@ -317,7 +311,7 @@ async def test_an_unusable_answer_fails_open_with_one_line_per_outage(
 async def test_a_service_that_is_not_there_fails_open(
     make_client: Callable[..., Awaitable[TestClient]], range_api: RangeApi, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "authsvc.auth.password_policy")
+    caplog.set_level(logging.WARNING, "authsvc.http.breached")
     server = TestServer(web.Application(), host="127.0.0.1")
     await server.start_server()
     gone = str(server.make_url("")).rstrip("/")

@@ -39,10 +39,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 
 from authsvc import background
-from authsvc.appkeys import CLOCK, POOL, SETTINGS, SIGNUPS, THROTTLE
 from authsvc.db.pool import (
     CLIENT_MARGIN,
     CONTENTION_ERRORS,
@@ -552,26 +550,21 @@ class SignupBudget:
         raise TooManyAttempts(math.ceil(wait))
 
 
-async def throttle_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+@contextlib.asynccontextmanager
+async def running(
+    pool: Database, settings: Settings, clock: Callable[[], float] = time.monotonic
+) -> AsyncIterator[tuple[LoginThrottle, SignupBudget]]:
+    """The login throttle and the signup budget of these settings, with their background
+    loops for the time of the block; what is pending is written at its end, within a bound."""
     limits = Limits.from_settings(settings)
-    throttle = LoginThrottle(
-        app[POOL],
-        limits,
-        settings.max_sleeping,
-        settings.hash_workers,
-        settings.workers,
-        app.get(CLOCK, time.monotonic),
-    )
-    app[THROTTLE] = throttle
-    app[SIGNUPS] = SignupBudget(app[POOL], limits.signup)
+    throttle = LoginThrottle(pool, limits, settings.max_sleeping, settings.hash_workers, settings.workers, clock)
     async with background.running(
         background.every(PRUNE_EVERY, throttle.prune, "pruning login records"),
         background.every(EVENT_FLUSH_EVERY, throttle.refusals.flush, "recording refused logins"),
         background.every(EVENT_FLUSH_EVERY, throttle.give_back_unreturned, "giving back login claims"),
     ):
-        yield
-    # Write what is pending, within a bound: a database that is gone must not hold up the exit.
+        yield throttle, SignupBudget(pool, limits.signup)
+    # A database that is gone must not hold up the exit.
     bound = settings.db_acquire_timeout + settings.db_statement_timeout + CLIENT_MARGIN
     with contextlib.suppress(Exception):
         async with asyncio.timeout(bound):

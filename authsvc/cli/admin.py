@@ -21,16 +21,17 @@ from marshmallow import ValidationError
 
 from authsvc import settings as config
 from authsvc.auth.accounts import Accounts
-from authsvc.auth.password_policy import open_policy
 from authsvc.auth.passwords import PasswordHasher
 from authsvc.auth.throttle import normalise
+from authsvc.cli import secretfiles
 from authsvc.db import pool as db
 from authsvc.db.repo import login_backoff, login_budgets, users
 from authsvc.db.repo import sessions as session_repo
 from authsvc.db.repo.users import User
 from authsvc.errors import EmailTaken, PasswordRefused
+from authsvc.http.breached import open_policy
 from authsvc.http.schemas import SignupSchema
-from authsvc.settings import ConfigError, Settings, env_name, secretfiles
+from authsvc.settings import ConfigError, Settings, env_name
 
 MASK = "***"
 SECRETS = ("token_secret", "password_pepper")

@@ -16,11 +16,11 @@ import asyncpg
 from authsvc import settings as config
 from authsvc.auth.keyring import KeyError_, KeyFile
 from authsvc.cli import admin as operator
-from authsvc.cli import workers
+from authsvc.cli import secretfiles, workers
 from authsvc.db import embedded, migrate
 from authsvc.db.pool import UNAVAILABLE_ERRORS
 from authsvc.observability import logs
-from authsvc.settings import ConfigError, Settings, secretfiles
+from authsvc.settings import ConfigError, Settings
 
 log = logging.getLogger("authsvc")
 

@@ -18,9 +18,7 @@ from types import TracebackType
 from typing import TypeVar
 
 import asyncpg
-from aiohttp import web
 
-from authsvc.appkeys import POOL, SETTINGS
 from authsvc.db import migrate
 from authsvc.settings import Settings
 
@@ -286,10 +284,10 @@ async def _finish_opening(db: Database, opening: asyncio.Task[None]) -> None:
     await db.keep_trying()
 
 
-async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    s = app[SETTINGS]
+@contextlib.asynccontextmanager
+async def opened(s: Settings) -> AsyncIterator[Database]:
+    """The database of these settings, open or opening, for the time of the block."""
     db = Database(s)
-    app[POOL] = db
     background: asyncio.Task[None] | None = None
     # Waiting for another instance's migration lock (or a long migration) must not keep the
     # port closed: past this the app serves, 503 until the database is ready. A
@@ -309,8 +307,14 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         background = asyncio.create_task(db.keep_trying())
     else:
         opening.result()  # opened, or a misconfiguration the database reported: raised here
-    yield
-    for task in (background, opening):
+    try:
+        yield db
+    finally:
+        await _close(db, background, opening)
+
+
+async def _close(db: Database, *tasks: asyncio.Task[None] | None) -> None:
+    for task in tasks:
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, *UNAVAILABLE_ERRORS):
