@@ -373,9 +373,9 @@ async def test_settings_refuse_a_bad_environment_like_serve(settings, tmp_path):
     assert (code, out) == (2, "") and err.startswith("authsvc: AUTHSVC_THROTTLE_MEMORY_MS: must be a whole number")
 
 
-def test_the_readme_examples_parse():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    example = readme.split("## Operator commands", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+def test_the_documented_examples_parse():
+    operations = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    example = operations.split("## Operator commands", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     lines = [line for line in example.splitlines() if "authsvc " in line and not line.startswith("#")]
     commands = [line.split("authsvc ", 1)[1] for line in lines]
     assert len(commands) == 6

@@ -1,9 +1,14 @@
-"""The README is the front door: its settings table and commands match the code."""
+"""The README is the front door and docs/ the reference: both match the code and each other.
+
+Settings are documented in docs/settings.md's table, commands in docs/operations.md; the
+README's test command is what CI runs; every relative link goes somewhere that exists.
+"""
 
 from __future__ import annotations
 
 import re
 import subprocess
+import unicodedata
 from pathlib import Path
 
 from authsvc import settings as config
@@ -11,16 +16,45 @@ from authsvc.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+SETTINGS_DOC = ROOT / "docs" / "settings.md"
+COMMANDS_DOC = ROOT / "docs" / "operations.md"
+MARKDOWN = [ROOT / "README.md", *DOCS]
+
+
+def _prose(text: str) -> str:
+    """The text outside fenced code blocks."""
+    kept, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def settings_table() -> set[str]:
+    """The variables named in the first column of the settings table's rows."""
+    names = set()
+    for line in SETTINGS_DOC.read_text().splitlines():
+        if line.startswith("| `AUTHSVC_"):
+            first_cell = line.split("|")[1]
+            names |= set(re.findall(r"`(AUTHSVC_[A-Z_]+)`", first_cell))
+    return names
 
 
 def test_every_setting_is_documented():
+    documented = settings_table()
     for name in config.FIELDS:
-        assert f"`{config.env_name(name)}`" in README, f"{config.env_name(name)} missing from README"
+        assert config.env_name(name) in documented, f"{config.env_name(name)} missing from docs/settings.md's table"
 
 
 def test_every_documented_setting_exists():
-    documented = set(re.findall(r"`(AUTHSVC_[A-Z_]+)`", README)) - {"AUTHSVC_TEST_DATABASE_URL"}
-    assert documented <= {config.env_name(name) for name in config.FIELDS}
+    real = {config.env_name(name) for name in config.FIELDS}
+    assert settings_table() <= real
+    for path in MARKDOWN:
+        documented = set(re.findall(r"`(AUTHSVC_[A-Z_]+)`", path.read_text())) - {"AUTHSVC_TEST_DATABASE_URL"}
+        assert documented <= real, f"{path.name} names settings that do not exist: {sorted(documented - real)}"
 
 
 def test_ci_runs_the_readme_test_command():
@@ -36,7 +70,63 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_documented_commands_parse():
+    commands = COMMANDS_DOC.read_text()
     parser = cli._parser()
     for argv in (["serve", "--host", "H", "--port", "1"], ["migrate"], ["secrets", "init"]):
         parser.parse_args(argv)
-        assert f"authsvc {argv[0]}" in README
+        assert f"authsvc {argv[0]}" in commands
+
+
+def test_every_command_is_documented():
+    commands = COMMANDS_DOC.read_text()
+    subparsers = next(a for a in cli._parser()._actions if a.dest == "command")
+    for name, sub in subparsers.choices.items():
+        assert f"authsvc {name}" in commands, f"`authsvc {name}` missing from docs/operations.md"
+        actions = [a.choices for a in sub._actions if a.dest == "action"]
+        for choice in actions[0] if actions else ():
+            # one code span may name several: `authsvc keys list | generate | rotate ...`
+            assert re.search(rf"authsvc {name}\b[^`]*\b{choice}\b", commands), (
+                f"`authsvc {name} {choice}` missing from docs/operations.md"
+            )
+
+
+def test_the_readme_links_every_document():
+    for path in DOCS:
+        assert f"](docs/{path.name})" in README, f"README.md does not link docs/{path.name}"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    kept = "".join(c for c in text if c in " -" or unicodedata.category(c)[0] in "LN")
+    return kept.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    found: set[str] = set()
+    for line in _prose(path.read_text()).splitlines():
+        match = re.match(r"#{1,6} (.+)", line)
+        if match:
+            anchor = base = _anchor(match.group(1))
+            n = 0
+            while anchor in found:  # GitHub numbers repeated headings
+                n += 1
+                anchor = f"{base}-{n}"
+            found.add(anchor)
+    return found
+
+
+def test_every_relative_link_resolves():
+    checked = 0
+    for path in MARKDOWN:
+        for target in re.findall(r"\]\(([^)\s]+)\)", _prose(path.read_text())):
+            if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            file_part, _, fragment = target.partition("#")
+            linked = (path.parent / file_part).resolve() if file_part else path
+            assert linked.exists(), f"{path.relative_to(ROOT)}: {target} points to no file"
+            if fragment:
+                assert linked.suffix == ".md", f"{path.relative_to(ROOT)}: {target}: an anchor in a non-Markdown file"
+                assert fragment in _anchors(linked), f"{path.relative_to(ROOT)}: {target}: no such heading"
+            checked += 1
+    assert checked > 20  # the links were found at all

@@ -544,8 +544,8 @@ async def rotating(tmp_path, make_client):
 async def test_tokens_of_the_old_and_new_key_both_work_after_a_rotation(rotating, aiohttp_client, settings):
     authsvc, path, old_kid = rotating
     # No floor here (it has a test of its own). With the default 30 s floor, a verifier that fetched
-    # less than 30 s before `keys rotate` refuses new tokens until the floor passes; the README's
-    # two-step procedure (generate, wait, activate) avoids that window.
+    # less than 30 s before `keys rotate` refuses new tokens until the floor passes; the
+    # two-step procedure of docs/operations.md (Keys: generate, wait, activate) avoids that window.
     service, verifier = await start_verifier(aiohttp_client, authsvc, settings, min_refresh_interval=0)
     token_a = await login(authsvc, OWNER)
     assert unverified(token_a)[0]["kid"] == old_kid
