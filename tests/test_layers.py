@@ -24,6 +24,7 @@ ALLOWED = {
     "auth": {"db", "settings", "errors", "observability", "background"},
     "http": {"auth", "db", "settings", "errors", "observability", "appkeys", "__version__"},
     "verifier": {"auth.jwtcheck", "errors"},  # imported by other services: nothing of ours else
+    "client": {"verifier"},  # the verifier's old name
 }
 # The domain and the storage know nothing of HTTP.
 NO_AIOHTTP = {"errors", "settings", "db", "background", "auth"}
@@ -81,3 +82,9 @@ def test_imports_point_down_the_layers(path: Path) -> None:
 def test_every_module_is_in_a_known_layer() -> None:
     top = {"app", "appkeys", "cli", "authsvc", "__main__"}
     assert {_layer(_module(p)) for p in MODULES} <= set(ALLOWED) | top
+
+
+def test_the_verifiers_old_name_still_imports() -> None:
+    from authsvc import client, verifier
+
+    assert client.TokenVerifier is verifier.TokenVerifier and client.CLAIMS is verifier.CLAIMS

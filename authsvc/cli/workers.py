@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def new_loop() -> object | None:
-    """A uvloop event loop where uvloop is installed (the `fast` extra), else None (asyncio's)."""
+    """A uvloop event loop where uvloop is installed (`pip install uvloop`), else None (asyncio's)."""
     try:
         import uvloop
     except ImportError:

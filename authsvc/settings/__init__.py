@@ -1,6 +1,6 @@
 """Settings: read once from AUTHSVC_* variables, validated, frozen.
 
-Every setting is declared once in ``FIELDS``; the README's settings table and the
+Every setting is declared once in ``FIELDS``; docs/settings.md's table and the
 docker-compose check in the tests are read against this list.
 """
 
