@@ -211,8 +211,9 @@ def _secret_tracer() -> TraceConfig:
 
 
 @pytest.fixture
-def aiohttp_client(aiohttp_client: Any) -> Callable[..., Awaitable[TestClient]]:
-    """pytest-aiohttp's, noting every secret the client sends and its app holds."""
+def aiohttp_client(aiohttp_client: Any, database_url: str) -> Callable[..., Awaitable[TestClient]]:
+    """pytest-aiohttp's, noting every secret the client sends and its app holds; the run's
+    database is emptied first (an app made from base_settings uses it)."""
 
     async def make(app: Any, **kwargs: Any) -> TestClient:
         if isinstance(app, web.Application) and SETTINGS in app:
@@ -295,9 +296,21 @@ def databases(pg_server_url: str) -> Iterator[Databases]:
 
 
 @pytest.fixture(scope="session")
-def database_url(databases: Databases) -> str:
-    """The run's own migrated database, shared by the tests and emptied before each."""
+def shared_database_url(databases: Databases) -> str:
+    """The run's own migrated database, shared by the tests (see database_url)."""
     return databases.create()
+
+
+@pytest.fixture
+async def database_url(shared_database_url: str) -> str:
+    """The run's database, emptied for this test: what every fixture on it asks for, so a test
+    that needs no database (tests/unit) starts none."""
+    conn = await asyncpg.connect(shared_database_url)
+    try:
+        await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+    return shared_database_url
 
 
 @pytest.fixture(scope="session")
@@ -311,10 +324,10 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def base_settings(database_url: str, keys_file: Path) -> Settings:
+def base_settings(shared_database_url: str, keys_file: Path) -> Settings:
     # Cheap bcrypt and millisecond backoff: the rules are the same, the suite stays fast.
     return Settings(
-        database_url=database_url,
+        database_url=shared_database_url,
         signing_keys_file=keys_file,
         token_secret=secrets.token_urlsafe(48),
         password_pepper=secrets.token_urlsafe(48),
@@ -332,17 +345,9 @@ def base_settings(database_url: str, keys_file: Path) -> Settings:
 
 
 @pytest.fixture
-def settings(base_settings: Settings) -> Settings:
+def settings(base_settings: Settings, database_url: str) -> Settings:
+    """The suite's settings, on the run's database emptied for this test."""
     return base_settings
-
-
-@pytest.fixture(autouse=True)
-async def clean_database(database_url: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(autouse=True)

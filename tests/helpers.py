@@ -11,6 +11,13 @@ from aiohttp.test_utils import TestClient
 
 PASSWORD = "correct horse battery staple"
 
+# The password policy's test data: the common passwords, and an account whose own
+# words (email, local part, names) must be refused for it (see test_password_rule.py).
+COMMON = ["password", "12345678", "qwertyuiop", "Password1"]
+POLICY_EMAIL = "grace.hopper@example.com"
+FIRST, LAST = "Ermengarde", "Quillfeather"
+OWN_WORDS = [POLICY_EMAIL, "grace.hopper", FIRST, LAST, "Quillfeather1"]
+
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

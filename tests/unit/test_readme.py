@@ -14,7 +14,7 @@ from pathlib import Path
 from authsvc import settings as config
 from authsvc.cli import main as cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 SETTINGS_DOC = ROOT / "docs" / "settings.md"

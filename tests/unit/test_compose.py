@@ -21,7 +21,7 @@ from authsvc import app as app_module
 from authsvc import settings as config
 from authsvc.cli import main as cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

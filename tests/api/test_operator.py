@@ -374,7 +374,7 @@ async def test_settings_refuse_a_bad_environment_like_serve(settings, tmp_path):
 
 
 def test_the_documented_examples_parse():
-    operations = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    operations = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     example = operations.split("## Operator commands", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     lines = [line for line in example.splitlines() if "authsvc " in line and not line.startswith("#")]
     commands = [line.split("authsvc ", 1)[1] for line in lines]

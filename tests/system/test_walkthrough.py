@@ -19,7 +19,7 @@ import pytest
 
 from servers import run_command, serving
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "docs" / "walkthrough.sh"
 SCRIPT_MARKER = "# --- walkthrough ---\n"
 README_BEGIN = re.compile(r"^<!-- walkthrough: .*-->\n```sh\n", re.MULTILINE)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "authsvc"
+PACKAGE = Path(__file__).resolve().parents[2] / "authsvc"
 
 # What each layer may import of authsvc (its own layer always). app, appkeys and cli are the
 # composition root: they may import anything.

@@ -32,7 +32,7 @@ from authsvc.appkeys import POOL
 from authsvc.http.openapi import OPERATIONS, TODO_PATH
 from authsvc.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ("fuzz-service", "fuzz-service-secret-0123456789")
 EMAIL = "fuzz@example.com"
 # Per operation and mode: about 90 s for the whole document on two cores. Raise it for a
