@@ -9,8 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,20 +55,44 @@ class Served:
     def output(self) -> str:
         return self.log.read_text()
 
+    def signal_group(self, signum: int) -> None:
+        """Signal the whole process group, as a terminal's Ctrl-C, `timeout` or systemd do."""
+        os.killpg(self.proc.pid, signum)
 
-@asynccontextmanager
-async def serving(cwd: Path, **settings: str) -> AsyncIterator[Served]:
-    port = free_port()
-    log = server_log(cwd / f"serve-{port}.log", settings)
+
+@contextmanager
+def launched(cwd: Path, *args: str, port: int | None = None, **settings: str) -> Iterator[Served]:
+    """`authsvc serve ARGS` started (not awaited) in a process group of its own; stopped at the end."""
+    port = free_port() if port is None else port
+    log = server_log(cwd / f"serve-{port}-{len(SERVER_LOGS)}.log", settings)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*COMMAND, "serve", "--port", str(port)], cwd=cwd, env=server_env(**settings), stdout=out, stderr=out
+            [*COMMAND, "serve", "--port", str(port), *args],
+            cwd=cwd,
+            env=server_env(**settings),
+            stdout=out,
+            stderr=out,
+            process_group=0,  # the tests' own signals (a Ctrl-C of pytest) do not reach it
         )
-    served = Served(f"http://127.0.0.1:{port}", proc, log)
     try:
+        yield Served(f"http://127.0.0.1:{port}", proc, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@asynccontextmanager
+async def serving(cwd: Path, *args: str, port: int | None = None, **settings: str) -> AsyncIterator[Served]:
+    """`authsvc serve ARGS`, once it answers /readyz; stopped at the end."""
+    with launched(cwd, *args, port=port, **settings) as served:
         async with aiohttp.ClientSession() as http:
             for _ in range(300):
-                if proc.poll() is not None:
+                if served.proc.poll() is not None:
                     pytest.fail(f"authsvc exited early:\n{served.output}")
                 try:
                     async with http.get(served.base + "/readyz") as resp:
@@ -80,14 +104,6 @@ async def serving(cwd: Path, **settings: str) -> AsyncIterator[Served]:
             else:
                 pytest.fail("authsvc did not become ready in 30 s")
         yield served
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def quick_settings(database_url: str, **extra: str) -> dict[str, str]:

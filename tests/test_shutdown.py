@@ -3,6 +3,9 @@
 A failed login whose answer waits out a 2 s backoff is the slow request: the failure is in
 the database before the wait starts, so the test knows the handler is running when it sends
 the signal, and the answer it must still get is the ordinary 401.
+
+A terminal's Ctrl-C, `timeout` and systemd signal the whole process group, not the parent
+alone: those tests start the server in a group of its own and signal the group.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import asyncpg
 import pytest
 
 from authsvc.config import Settings
-from servers import serving
+from servers import Served, launched, serving
 
 BACKOFF_MS = 2000
 SHUTDOWN_TIMEOUT = 10
@@ -88,7 +91,7 @@ async def _exit_code(proc: Any, within: float) -> int:
     deadline = time.monotonic() + within
     while proc.poll() is None:
         if time.monotonic() > deadline:
-            pytest.fail(f"authsvc still running {within} s after SIGTERM")
+            pytest.fail(f"authsvc still running {within} s after the signal")
         await asyncio.sleep(0.05)
     return proc.returncode
 
@@ -148,3 +151,79 @@ async def test_a_request_past_the_deadline_is_cancelled_and_its_failure_still_co
         "nobody@example.com",
     )
     assert closed is True
+
+
+# --- signals to the whole process group ---
+
+
+def _stopped_cleanly(served: Served, code: int, workers: int) -> None:
+    out = served.output
+    assert code == 0, out
+    for sign in ('"level": "ERROR"', "Traceback", "KeyboardInterrupt"):
+        assert sign not in out, out
+    assert out.count("database pool closed") == workers, out  # every worker ran its cleanup
+
+
+@pytest.fixture(scope="module")
+def embedded_cwd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the embedded-database servers of this module run: one initdb, then the data
+    dir (./.authsvc) is reused, as by someone who runs `authsvc serve` again and again."""
+    return tmp_path_factory.mktemp("embedded")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    "signals",
+    [[signal.SIGINT], [signal.SIGTERM], [signal.SIGINT, signal.SIGINT]],
+    ids=["ctrl-c", "sigterm", "ctrl-c-twice"],
+)
+async def test_a_signal_to_the_group_stops_the_embedded_service_cleanly(embedded_cwd, workers, signals):
+    # Each worker gets the signal twice (the group's, and the one its parent passes on), and
+    # a second Ctrl-C lands while the embedded PostgreSQL is being stopped at exit.
+    async with serving(embedded_cwd, AUTHSVC_WORKERS=str(workers), AUTHSVC_BCRYPT_ROUNDS="4") as served:
+        await _all_workers_listening(served.base, workers)
+        for signum in signals:
+            served.signal_group(signum)
+            await asyncio.sleep(0.05)
+        code = await _exit_code(served.proc, SHUTDOWN_TIMEOUT + 30)  # + the database's own stop
+    _stopped_cleanly(served, code, workers)
+    assert "embedded PostgreSQL" in served.output
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_ctrl_c_twice_still_lets_the_request_in_flight_finish(base_settings, db, tmp_path, workers):
+    settings = _settings(base_settings, AUTHSVC_WORKERS=str(workers))
+    async with serving(tmp_path, **settings) as served:
+        await _all_workers_listening(served.base, workers)
+        in_flight = asyncio.create_task(_slow_login(served.base))
+        await _until(db, "SELECT count(*) FROM auth_events WHERE outcome = 'failure'", "the failed login")
+        served.signal_group(signal.SIGINT)
+        await asyncio.sleep(BACKOFF_MS / 1000 / 4)
+        assert not in_flight.done()
+        served.signal_group(signal.SIGINT)  # the stop under way goes on to its end
+        status, body = await in_flight
+        assert status == 401 and body["error"] == "invalid_credentials"
+        code = await _exit_code(served.proc, SHUTDOWN_TIMEOUT)
+    _stopped_cleanly(served, code, workers)
+
+
+async def _logged(served: Served, words: str) -> None:
+    for _ in range(300):
+        if words in served.output:
+            return
+        if served.proc.poll() is not None:
+            pytest.fail(f"authsvc exited early:\n{served.output}")
+        await asyncio.sleep(0.02)
+    pytest.fail(f"{words!r} not logged in 6 s:\n{served.output}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+async def test_a_signal_to_the_group_while_the_workers_start(base_settings, tmp_path, signum):
+    # The parent has just started the workers: they are still importing, with no handler
+    # of their own yet. The signal waits for the handler; it is neither a traceback nor lost.
+    with launched(tmp_path, **_settings(base_settings, AUTHSVC_WORKERS="2")) as served:
+        await _logged(served, "with 2 workers")
+        served.signal_group(signum)
+        code = await _exit_code(served.proc, SHUTDOWN_TIMEOUT)
+    _stopped_cleanly(served, code, 2)
