@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (AUTHSVC_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (AUTHSVC_PORT, default 8080)")
     serve.add_argument("--workers", type=int, help="worker processes on the port (AUTHSVC_WORKERS, default: cores)")
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with a server already listening on it (SO_REUSEPORT), e.g. while replacing it; "
+        "without this, a port in use is refused",
+    )
     sub.add_parser("migrate", help="apply pending database migrations and exit")
     secrets = sub.add_parser("secrets", help="manage secret files in AUTHSVC_DATA_DIR")
     secrets.add_argument(
@@ -85,6 +91,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     if not 1 <= count <= 256:
         raise ConfigError("--workers", "must be from 1 to 256")
     settings = settings.replace(workers=count)  # each worker knows how many share the port
+    workers.check_port(settings.host, settings.port, shared=args.reuse_port)  # before the database starts
     embedded_mode = settings.embedded
     settings = secretfiles.resolve(_with_database(settings), generate=embedded_mode)
     if count == 1:

@@ -15,12 +15,14 @@ see metrics.py): emptied at start, a dead worker's live gauges dropped, removed 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -53,7 +55,7 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def run(settings: Settings, *, reuse_port: bool = False, announce: bool = True) -> None:
+def run(settings: Settings, *, announce: bool = True) -> None:
     """Serve in this process until SIGTERM or SIGINT, then stop gracefully.
 
     On the signal aiohttp closes the listening socket (new connections are refused), closes
@@ -61,15 +63,18 @@ def run(settings: Settings, *, reuse_port: bool = False, announce: bool = True) 
     answer for up to `shutdown_timeout` seconds, cancels what is still running after that,
     and then runs the cleanup contexts (refusal events flushed, pool closed). Signals that
     come after the first change nothing: the stop under way goes on to its end.
+
+    The socket is bound with SO_REUSEPORT, for the other workers of this serve, and for
+    another serve only if it was started with --reuse-port (check_port refuses it otherwise).
     """
     logs.setup(settings.log_level, settings.log_format)
     app = create_app(settings)  # before the loop: it reads the key file
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(_serve(app, settings, reuse_port, announce))
+        runner.run(_serve(app, settings, announce))
     log.info("stopped")
 
 
-async def _serve(app: web.Application, settings: Settings, reuse_port: bool, announce: bool) -> None:
+async def _serve(app: web.Application, settings: Settings, announce: bool) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
@@ -83,7 +88,13 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool, ann
     try:
         if stop.is_set():  # signalled while starting: no need to open the port at all
             return
-        await web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port).start()
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:  # a race with another process, or one that does not share
+                raise PortInUse(_in_use(settings.host, settings.port, shared=True)) from None
+            raise
         if announce:
             print(f"authsvc: listening on http://{settings.host}:{settings.port}", file=sys.stderr)
         await stop.wait()
@@ -96,8 +107,51 @@ async def _serve(app: web.Application, settings: Settings, reuse_port: bool, ann
             signal.signal(signum, signal.SIG_IGN)
 
 
+class PortInUse(OSError):
+    """The address serve was given is taken: said in one line, without a traceback."""
+
+
+def _in_use(host: str, port: int, *, shared: bool) -> str:
+    if shared:
+        return f"{host}:{port} is in use by a process that does not share it: stop it, or choose another --port"
+    return (
+        f"{host}:{port} is in use already (another authsvc serve?): stop it, choose another --port, "
+        "or pass --reuse-port to share it on purpose"
+    )
+
+
+def check_port(host: str, port: int, *, shared: bool) -> None:
+    """Refuse an address something listens on already, before anything else is started.
+
+    The workers bind with SO_REUSEPORT, so they would join any socket bound that way, an
+    earlier serve's say, without a word and take part of its traffic. Without `shared`, a
+    trial bind without SO_REUSEPORT fails if anything holds the port; with it, the trial
+    binds as the workers will, and fails only where they could not share. (Two serves
+    started in the same instant may both pass: the check is for mistakes, not a lock.)
+    """
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as trial:
+            trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio: TIME_WAIT is no listener
+            if shared:
+                trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                trial.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio's create_server
+            try:
+                trial.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(_in_use(host, port, shared=shared)) from None
+                raise
+
+
 def _worker(settings: Settings) -> None:
-    run(settings, reuse_port=True, announce=False)
+    try:
+        run(settings, announce=False)
+    except PortInUse as exc:
+        print(f"authsvc: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def run_many(settings: Settings, count: int) -> int:

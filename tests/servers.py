@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -104,6 +105,22 @@ async def serving(cwd: Path, *args: str, port: int | None = None, **settings: st
             else:
                 pytest.fail("authsvc did not become ready in 30 s")
         yield served
+
+
+def listeners(base: str) -> int:
+    """Sockets listening on the port (one per worker: they share it with SO_REUSEPORT)."""
+    port = f":{urlsplit(base).port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1].endswith(port) and row.split()[3] == "0A")  # 0A: LISTEN
+
+
+async def all_workers_listening(base: str, workers: int) -> None:
+    # /readyz answered by one worker says nothing of the others, still starting maybe.
+    for _ in range(300):
+        if listeners(base) == workers:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{workers} workers did not all listen in 15 s")
 
 
 def quick_settings(database_url: str, **extra: str) -> dict[str, str]:

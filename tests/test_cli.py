@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
 from authsvc import migrate
 from helpers import PASSWORD
-from servers import quick_settings, run_command, serving
+from servers import all_workers_listening, free_port, listeners, quick_settings, run_command, serving
 
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "authsvc"
@@ -132,6 +134,40 @@ async def test_serve_on_an_external_database(databases, tmp_path):
     assert served.proc.returncode == 0
     out = served.output
     assert settings["AUTHSVC_TOKEN_SECRET"] not in out and PASSWORD not in out
+
+
+def _refused_in_one_line(result, port: int, words: str) -> None:
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"authsvc: 127.0.0.1:{port} is in use"), result.stderr
+    assert words in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_port_served_already_is_refused_unless_sharing_is_asked_for(database_url, tmp_path, workers):
+    settings = quick_settings(database_url, AUTHSVC_WORKERS=str(workers), AUTHSVC_MIGRATE_ON_START="false")
+    async with serving(tmp_path, **settings) as first:
+        port = urlsplit(first.base).port
+        # Refused before anything starts (no database, no workers), whatever the workers would share.
+        _refused_in_one_line(run_command("serve", "--port", str(port), **settings), port, "--reuse-port")
+        assert listeners(first.base) == workers
+        async with serving(tmp_path, "--reuse-port", port=port, **settings) as second:
+            await all_workers_listening(first.base, 2 * workers)  # the kernel spreads connections over both
+        assert second.proc.returncode == 0
+        assert listeners(first.base) == workers
+        async with aiohttp.ClientSession() as http, http.get(first.base + "/readyz") as resp:
+            assert resp.status == 200  # the first serve is untouched
+    assert first.proc.returncode == 0
+
+
+@pytest.mark.parametrize(("args", "words"), [((), "--reuse-port"), (("--reuse-port",), "does not share it")])
+def test_a_port_held_by_another_program_is_refused_in_one_line(database_url, args, words):
+    with socket.socket() as other:  # bound without SO_REUSEPORT: nobody can share it
+        port = free_port()
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        result = run_command("serve", "--port", str(port), *args, **quick_settings(database_url))
+    _refused_in_one_line(result, port, words)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from authsvc.config import Settings
-from servers import Served, launched, serving
+from servers import Served, all_workers_listening, launched, serving
 
 BACKOFF_MS = 2000
 SHUTDOWN_TIMEOUT = 10
@@ -70,23 +70,6 @@ async def _refused(base: str) -> bool:
     return False
 
 
-def _listeners(base: str) -> int:
-    """Sockets listening on the port (one per worker: they share it with SO_REUSEPORT)."""
-    port = f":{urlsplit(base).port:04X}"
-    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(1 for row in rows if row.split()[1].endswith(port) and row.split()[3] == "0A")  # 0A: LISTEN
-
-
-async def _all_workers_listening(base: str, workers: int) -> None:
-    # /readyz answered by one worker says nothing of the others; a worker still starting
-    # has no requests to finish and no signal handler yet.
-    for _ in range(300):
-        if _listeners(base) == workers:
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"{workers} workers did not all listen in 15 s")
-
-
 async def _exit_code(proc: Any, within: float) -> int:
     deadline = time.monotonic() + within
     while proc.poll() is None:
@@ -100,7 +83,7 @@ async def _exit_code(proc: Any, within: float) -> int:
 async def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(base_settings, db, tmp_path, workers):
     settings = _settings(base_settings, AUTHSVC_WORKERS=str(workers))
     async with serving(tmp_path, **settings) as served:
-        await _all_workers_listening(served.base, workers)
+        await all_workers_listening(served.base, workers)
         in_flight = asyncio.create_task(_slow_login(served.base))
         await _until(db, "SELECT count(*) FROM auth_events WHERE outcome = 'failure'", "the failed login")
         signalled = time.monotonic()
@@ -182,7 +165,7 @@ async def test_a_signal_to_the_group_stops_the_embedded_service_cleanly(embedded
     # Each worker gets the signal twice (the group's, and the one its parent passes on), and
     # a second Ctrl-C lands while the embedded PostgreSQL is being stopped at exit.
     async with serving(embedded_cwd, AUTHSVC_WORKERS=str(workers), AUTHSVC_BCRYPT_ROUNDS="4") as served:
-        await _all_workers_listening(served.base, workers)
+        await all_workers_listening(served.base, workers)
         for signum in signals:
             served.signal_group(signum)
             await asyncio.sleep(0.05)
@@ -195,7 +178,7 @@ async def test_a_signal_to_the_group_stops_the_embedded_service_cleanly(embedded
 async def test_ctrl_c_twice_still_lets_the_request_in_flight_finish(base_settings, db, tmp_path, workers):
     settings = _settings(base_settings, AUTHSVC_WORKERS=str(workers))
     async with serving(tmp_path, **settings) as served:
-        await _all_workers_listening(served.base, workers)
+        await all_workers_listening(served.base, workers)
         in_flight = asyncio.create_task(_slow_login(served.base))
         await _until(db, "SELECT count(*) FROM auth_events WHERE outcome = 'failure'", "the failed login")
         served.signal_group(signal.SIGINT)
