@@ -9,14 +9,20 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 import pytest
+
+from authsvc import embedded, migrate
 
 COMMAND = [sys.executable, "-m", "authsvc"]
 # The log file of every server process a test started, with the settings it was given:
@@ -121,6 +127,69 @@ async def all_workers_listening(base: str, workers: int) -> None:
             return
         await asyncio.sleep(0.05)
     pytest.fail(f"{workers} workers did not all listen in 15 s")
+
+
+class Cluster:
+    """One PostgreSQL server in a temporary directory, stopped and started at will."""
+
+    def __init__(self, root: Path) -> None:
+        module = embedded._server_module()
+        # No clean-up by the library: it would stop the process it first started, which a
+        # restart here has replaced. temporary_cluster stops the server and removes the directory.
+        self.server = module.get_server(root / "pgdata", cleanup_mode=None)
+        self.pg_ctl = module.pg_ctl
+        self.socket_dir = self.server.get_postmaster_info().socket_dir
+        self.admin_url = self.server.get_uri("postgres")
+
+    def url(self, database: str) -> str:
+        return self.server.get_uri(database)
+
+    def _ctl(self, *args: str) -> None:
+        self.pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
+
+    def stop(self, mode: str) -> None:
+        self._ctl("-w", "-m", mode, "stop")
+
+    def start(self) -> None:
+        self._ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start")
+
+    def running(self) -> bool:
+        return (self.server.pgdata / "postmaster.pid").exists()
+
+    def processes(self) -> list[Any]:
+        import psutil  # comes with the embedded PostgreSQL
+
+        pid = int((self.server.pgdata / "postmaster.pid").read_text().split()[0])
+        postmaster = psutil.Process(pid)
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    async def create_database(self, *, migrated: bool) -> str:
+        name = f"cluster_{uuid.uuid4().hex[:8]}"
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        if migrated:
+            conn = await asyncpg.connect(self.url(name))
+            try:
+                await migrate.migrate(conn)
+            finally:
+                await conn.close()
+        return self.url(name)
+
+
+@contextmanager
+def temporary_cluster(prefix: str) -> Iterator[Cluster]:
+    """A Cluster in a temporary directory, stopped and removed at the end."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        os.chmod(tmp, 0o755)  # the server may run as another user (when the tests run as root)
+        cluster = Cluster(Path(tmp))
+        try:
+            yield cluster
+        finally:
+            if cluster.running():
+                cluster.stop("fast")
 
 
 def quick_settings(database_url: str, **extra: str) -> dict[str, str]:
