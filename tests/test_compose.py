@@ -84,7 +84,31 @@ def test_commands_are_real_subcommands(compose, name):
 
 def test_migrate_creates_secrets_before_migrating(compose):
     commands = [argv[1:] for argv in _authsvc_commands(compose["services"]["migrate"])]
-    assert commands == [["secrets", "init"], ["migrate"]]
+    assert [argv[0] for argv in commands] == ["secrets", "migrate"]
+    assert commands[0] == ["secrets", "init"]
+
+
+def test_migrate_waits_for_a_database_not_up_yet(compose):
+    (argv,) = [argv for argv in _authsvc_commands(compose["services"]["migrate"]) if argv[1] == "migrate"]
+    wait = cli._parser().parse_args(argv[1:]).wait
+    # Longer than a restart of the database takes, short enough to fail a broken stack soon.
+    assert 10 <= wait <= 300, wait
+
+
+def test_db_healthcheck_asks_over_tcp_as_the_app_connects(compose):
+    db = compose["services"]["db"]
+    kind, command = db["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    argv = shlex.split(command)
+    assert argv[0] == "pg_isready"
+    options = dict(zip(argv[1::2], argv[2::2]))
+    # A TCP address, not a socket directory: the image's initialisation runs a server on
+    # the socket alone, which is up (and "ready") before the real one listens.
+    assert ipaddress.ip_address(options["-h"]).is_loopback
+    url = urllib.parse.urlsplit(config.from_env(_env(compose["services"]["migrate"])).database_url)
+    assert options.get("-p", "5432") == str(url.port or 5432)
+    assert options["-U"] == url.username == db["environment"]["POSTGRES_USER"]
+    assert options["-d"] == url.path.lstrip("/") == db["environment"]["POSTGRES_DB"]
 
 
 def test_app_listens_where_the_proxy_sends_and_does_not_migrate(compose):
