@@ -58,6 +58,13 @@ async def _until(db: asyncpg.Connection, query: str, what: str) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
+async def _slow_login_under_way(base: str, db: asyncpg.Connection) -> asyncio.Task[tuple[int, Any]]:
+    """A slow login, once its handler runs: its failure is recorded, its backoff begins."""
+    in_flight = asyncio.create_task(_slow_login(base))
+    await _until(db, "SELECT count(*) FROM auth_events WHERE outcome = 'failure'", "the failed login")
+    return in_flight
+
+
 async def _refused(base: str) -> bool:
     parts = urlsplit(base)
     try:
@@ -79,15 +86,28 @@ async def _exit_code(proc: Any, within: float) -> int:
     return proc.returncode
 
 
+def _stopped_cleanly(served: Served, code: int, workers: int) -> None:
+    out = served.output
+    assert code == 0, out
+    for sign in ('"level": "ERROR"', "Traceback", "KeyboardInterrupt"):
+        assert sign not in out, out
+    assert out.count("database pool closed") == workers, out  # every worker ran its cleanup
+
+
 @pytest.mark.parametrize("workers", [1, 2])
-async def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(base_settings, db, tmp_path, workers):
+@pytest.mark.parametrize("ctrl_c_twice", [False, True], ids=["sigterm-to-the-parent", "ctrl-c-twice-to-the-group"])
+async def test_a_stop_finishes_the_request_in_flight_and_refuses_new_ones(
+    base_settings, db, tmp_path, workers, ctrl_c_twice
+):
     settings = _settings(base_settings, AUTHSVC_WORKERS=str(workers))
     async with serving(tmp_path, **settings) as served:
         await all_workers_listening(served.base, workers)
-        in_flight = asyncio.create_task(_slow_login(served.base))
-        await _until(db, "SELECT count(*) FROM auth_events WHERE outcome = 'failure'", "the failed login")
+        in_flight = await _slow_login_under_way(served.base, db)
         signalled = time.monotonic()
-        served.proc.send_signal(signal.SIGTERM)  # with 2 workers, to the parent, which passes it on
+        if ctrl_c_twice:
+            served.signal_group(signal.SIGINT)  # each worker gets it from the group and from its parent
+        else:
+            served.proc.send_signal(signal.SIGTERM)  # with 2 workers, to the parent, which passes it on
 
         # The listening socket goes at once, while the login is still waiting out its backoff.
         for _ in range(100):
@@ -95,16 +115,16 @@ async def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(base_
                 break
             await asyncio.sleep(0.01)
         else:
-            pytest.fail("new connections were still accepted 1 s after SIGTERM")
+            pytest.fail("new connections were still accepted 1 s after the signal")
         assert not in_flight.done()
+        if ctrl_c_twice:
+            served.signal_group(signal.SIGINT)  # impatient: the stop under way goes on to its end
 
         status, body = await in_flight  # the whole ordinary answer, not a cut connection
         assert status == 401 and body["error"] == "invalid_credentials"
         assert time.monotonic() - signalled >= BACKOFF_MS / 1000 * 0.9
-        assert await _exit_code(served.proc, SHUTDOWN_TIMEOUT) == 0
-    out = served.output
-    assert out.count("database pool closed") == workers, out  # every cleanup context ran
-    assert "Traceback" not in out
+        code = await _exit_code(served.proc, SHUTDOWN_TIMEOUT)
+    _stopped_cleanly(served, code, workers)  # every cleanup context ran, no traceback
 
 
 async def test_a_request_past_the_deadline_is_cancelled_and_its_failure_still_counts(base_settings, db, tmp_path):
@@ -118,8 +138,7 @@ async def test_a_request_past_the_deadline_is_cancelled_and_its_failure_still_co
         AUTHSVC_WORKERS="1",
     )
     async with serving(tmp_path, **settings) as served:
-        in_flight = asyncio.create_task(_slow_login(served.base))
-        await _until(db, "SELECT count(*) FROM auth_events WHERE outcome = 'failure'", "the failed login")
+        in_flight = await _slow_login_under_way(served.base, db)
         signalled = time.monotonic()
         served.proc.send_signal(signal.SIGTERM)
         # aiohttp waits the deadline for the handler, then as long again for it to stop once
@@ -137,14 +156,6 @@ async def test_a_request_past_the_deadline_is_cancelled_and_its_failure_still_co
 
 
 # --- signals to the whole process group ---
-
-
-def _stopped_cleanly(served: Served, code: int, workers: int) -> None:
-    out = served.output
-    assert code == 0, out
-    for sign in ('"level": "ERROR"', "Traceback", "KeyboardInterrupt"):
-        assert sign not in out, out
-    assert out.count("database pool closed") == workers, out  # every worker ran its cleanup
 
 
 @pytest.fixture(scope="module")
@@ -172,23 +183,6 @@ async def test_a_signal_to_the_group_stops_the_embedded_service_cleanly(embedded
         code = await _exit_code(served.proc, SHUTDOWN_TIMEOUT + 30)  # + the database's own stop
     _stopped_cleanly(served, code, workers)
     assert "embedded PostgreSQL" in served.output
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-async def test_ctrl_c_twice_still_lets_the_request_in_flight_finish(base_settings, db, tmp_path, workers):
-    settings = _settings(base_settings, AUTHSVC_WORKERS=str(workers))
-    async with serving(tmp_path, **settings) as served:
-        await all_workers_listening(served.base, workers)
-        in_flight = asyncio.create_task(_slow_login(served.base))
-        await _until(db, "SELECT count(*) FROM auth_events WHERE outcome = 'failure'", "the failed login")
-        served.signal_group(signal.SIGINT)
-        await asyncio.sleep(BACKOFF_MS / 1000 / 4)
-        assert not in_flight.done()
-        served.signal_group(signal.SIGINT)  # the stop under way goes on to its end
-        status, body = await in_flight
-        assert status == 401 and body["error"] == "invalid_credentials"
-        code = await _exit_code(served.proc, SHUTDOWN_TIMEOUT)
-    _stopped_cleanly(served, code, workers)
 
 
 async def _logged(served: Served, words: str) -> None:
