@@ -9,13 +9,20 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 import pytest
+
+from authsvc.db import embedded, migrate
 
 COMMAND = [sys.executable, "-m", "authsvc"]
 # The log file of every server process a test started, with the settings it was given:
@@ -55,20 +62,44 @@ class Served:
     def output(self) -> str:
         return self.log.read_text()
 
+    def signal_group(self, signum: int) -> None:
+        """Signal the whole process group, as a terminal's Ctrl-C, `timeout` or systemd do."""
+        os.killpg(self.proc.pid, signum)
 
-@asynccontextmanager
-async def serving(cwd: Path, **settings: str) -> AsyncIterator[Served]:
-    port = free_port()
-    log = server_log(cwd / f"serve-{port}.log", settings)
+
+@contextmanager
+def launched(cwd: Path, *args: str, port: int | None = None, **settings: str) -> Iterator[Served]:
+    """`authsvc serve ARGS` started (not awaited) in a process group of its own; stopped at the end."""
+    port = free_port() if port is None else port
+    log = server_log(cwd / f"serve-{port}-{len(SERVER_LOGS)}.log", settings)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*COMMAND, "serve", "--port", str(port)], cwd=cwd, env=server_env(**settings), stdout=out, stderr=out
+            [*COMMAND, "serve", "--port", str(port), *args],
+            cwd=cwd,
+            env=server_env(**settings),
+            stdout=out,
+            stderr=out,
+            process_group=0,  # the tests' own signals (a Ctrl-C of pytest) do not reach it
         )
-    served = Served(f"http://127.0.0.1:{port}", proc, log)
     try:
+        yield Served(f"http://127.0.0.1:{port}", proc, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@asynccontextmanager
+async def serving(cwd: Path, *args: str, port: int | None = None, **settings: str) -> AsyncIterator[Served]:
+    """`authsvc serve ARGS`, once it answers /readyz; stopped at the end."""
+    with launched(cwd, *args, port=port, **settings) as served:
         async with aiohttp.ClientSession() as http:
             for _ in range(300):
-                if proc.poll() is not None:
+                if served.proc.poll() is not None:
                     pytest.fail(f"authsvc exited early:\n{served.output}")
                 try:
                     async with http.get(served.base + "/readyz") as resp:
@@ -80,14 +111,85 @@ async def serving(cwd: Path, **settings: str) -> AsyncIterator[Served]:
             else:
                 pytest.fail("authsvc did not become ready in 30 s")
         yield served
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+
+
+def listeners(base: str) -> int:
+    """Sockets listening on the port (one per worker: they share it with SO_REUSEPORT)."""
+    port = f":{urlsplit(base).port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1].endswith(port) and row.split()[3] == "0A")  # 0A: LISTEN
+
+
+async def all_workers_listening(base: str, workers: int) -> None:
+    # /readyz answered by one worker says nothing of the others, still starting maybe.
+    for _ in range(300):
+        if listeners(base) == workers:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{workers} workers did not all listen in 15 s")
+
+
+class Cluster:
+    """One PostgreSQL server in a temporary directory, stopped and started at will."""
+
+    def __init__(self, root: Path) -> None:
+        module = embedded._server_module()
+        # No clean-up by the library: it would stop the process it first started, which a
+        # restart here has replaced. temporary_cluster stops the server and removes the directory.
+        self.server = module.get_server(root / "pgdata", cleanup_mode=None)
+        self.pg_ctl = module.pg_ctl
+        self.socket_dir = self.server.get_postmaster_info().socket_dir
+        self.admin_url = self.server.get_uri("postgres")
+
+    def url(self, database: str) -> str:
+        return self.server.get_uri(database)
+
+    def _ctl(self, *args: str) -> None:
+        self.pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
+
+    def stop(self, mode: str) -> None:
+        self._ctl("-w", "-m", mode, "stop")
+
+    def start(self) -> None:
+        self._ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start")
+
+    def running(self) -> bool:
+        return (self.server.pgdata / "postmaster.pid").exists()
+
+    def processes(self) -> list[Any]:
+        import psutil  # comes with the embedded PostgreSQL
+
+        pid = int((self.server.pgdata / "postmaster.pid").read_text().split()[0])
+        postmaster = psutil.Process(pid)
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    async def create_database(self, *, migrated: bool) -> str:
+        name = f"cluster_{uuid.uuid4().hex[:8]}"
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        if migrated:
+            conn = await asyncpg.connect(self.url(name))
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                await migrate.migrate(conn)
+            finally:
+                await conn.close()
+        return self.url(name)
+
+
+@contextmanager
+def temporary_cluster(prefix: str) -> Iterator[Cluster]:
+    """A Cluster in a temporary directory, stopped and removed at the end."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        os.chmod(tmp, 0o755)  # the server may run as another user (when the tests run as root)
+        cluster = Cluster(Path(tmp))
+        try:
+            yield cluster
+        finally:
+            if cluster.running():
+                cluster.stop("fast")
 
 
 def quick_settings(database_url: str, **extra: str) -> dict[str, str]:

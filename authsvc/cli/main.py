@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from authsvc.auth.keyring import KeyError_, KeyFile
 from authsvc.cli import admin as operator
 from authsvc.cli import secretfiles, workers
 from authsvc.db import embedded, migrate
-from authsvc.db.pool import UNAVAILABLE_ERRORS
+from authsvc.db.pool import RETRY_FIRST, RETRY_MAX, UNAVAILABLE_ERRORS
 from authsvc.observability import logs
 from authsvc.settings import ConfigError, Settings
 
@@ -32,7 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (AUTHSVC_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (AUTHSVC_PORT, default 8080)")
     serve.add_argument("--workers", type=int, help="worker processes on the port (AUTHSVC_WORKERS, default: cores)")
-    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with a server already listening on it (SO_REUSEPORT), e.g. while replacing it; "
+        "without this, a port in use is refused",
+    )
+    migrate_cmd = sub.add_parser("migrate", help="apply pending database migrations and exit")
+    migrate_cmd.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="while the database is not up yet (refused, starting, its host unknown), keep trying this long "
+        "(default 0: fail at once); a refused login or a database ahead of the code still fails at once",
+    )
     secrets = sub.add_parser("secrets", help="manage secret files in AUTHSVC_DATA_DIR")
     secrets.add_argument(
         "action", choices=["init"], help="init: create the missing secret files and signing keys (mode 0600)"
@@ -89,6 +104,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     if not 1 <= count <= 256:
         raise ConfigError("--workers", "must be from 1 to 256")
     settings = settings.replace(workers=count)  # each worker knows how many share the port
+    workers.check_port(settings.host, settings.port, shared=args.reuse_port)  # before the database starts
     embedded_mode = settings.embedded
     settings = secretfiles.resolve(_with_database(settings), generate=embedded_mode)
     if count == 1:
@@ -109,13 +125,43 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         raise SystemExit(code)
 
 
-async def _migrate(settings: Settings, within: float | None = None) -> list[migrate.Migration]:
+async def _migrate(settings: Settings, within: float | None = None, wait: float = 0.0) -> list[migrate.Migration]:
     async with asyncio.timeout(within):
-        conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+        conn = await _connect(settings, wait)
         try:
             return await migrate.migrate(conn)
         finally:
             await conn.close()
+
+
+# What a connection attempt meets while no database is up yet: nothing listens, its host is
+# not known yet, the server is starting or being restarted (as the postgres image does
+# after its first initialisation). A refused login (28xxx) or a missing database (3D000)
+# is the database's answer, a misconfiguration: never waited out.
+NOT_UP_YET: tuple[type[BaseException], ...] = (
+    OSError,  # includes TimeoutError
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+async def _connect(settings: Settings, wait: float) -> asyncpg.Connection:
+    """A connection; while the database is not up yet, tried again for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    delay: float | None = None
+    while True:
+        try:
+            return await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+        except NOT_UP_YET as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            if delay is None:  # said once, not at every try
+                log.warning("database not up yet (%s): trying again for up to %g s", type(exc).__name__, wait)
+            delay = RETRY_FIRST if delay is None else min(delay * 2, RETRY_MAX)
+            await asyncio.sleep(min(delay, left))
 
 
 def _run(argv: Sequence[str] | None) -> None:
@@ -125,7 +171,9 @@ def _run(argv: Sequence[str] | None) -> None:
     if args.command == "serve":
         _serve(settings, args)
     elif args.command == "migrate":
-        applied = asyncio.run(_migrate(_with_database(settings)))
+        if not 0 <= args.wait <= 3600:
+            raise ConfigError("--wait", "must be a number of seconds from 0 to 3600")
+        applied = asyncio.run(_migrate(_with_database(settings), wait=args.wait))
         print(f"authsvc: {len(applied)} migration(s) applied" + "".join(f"\n  {m.version:04d}_{m.name}" for m in applied))
     elif args.command == "secrets":
         secretfiles.resolve(settings, generate=True)

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import pytest
 from helpers import PASSWORD
-from servers import quick_settings, run_command, serving
+from servers import (
+    COMMAND,
+    all_workers_listening,
+    free_port,
+    listeners,
+    quick_settings,
+    run_command,
+    server_env,
+    serving,
+    temporary_cluster,
+)
 
+from authsvc.cli import main as cli
 from authsvc.db import migrate
 
 
@@ -61,6 +78,76 @@ def test_migrate_command(databases):
     assert "0001_init" in first.stdout
     again = run_command("migrate", AUTHSVC_DATABASE_URL=url)
     assert again.returncode == 0 and "0 migration(s) applied" in again.stdout
+
+
+@pytest.mark.slow
+async def test_migrate_waits_for_a_database_that_comes_up_late():
+    # As in compose on a fresh volume: the job starts before the server takes connections.
+    with temporary_cluster("authsvc-late-") as cluster:
+        url = await cluster.create_database(migrated=False)
+        await asyncio.to_thread(cluster.stop, "fast")
+        proc = subprocess.Popen(
+            [*COMMAND, "migrate", "--wait", "60"],
+            env=server_env(AUTHSVC_DATABASE_URL=url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            await asyncio.sleep(2)
+            assert proc.poll() is None, proc.communicate()  # still trying
+            await asyncio.to_thread(cluster.start)
+            out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err
+    assert f"{len(migrate.discover())} migration(s) applied" in out
+    assert err.count("database not up yet") == 1, err  # said once, not at every try
+    assert "Traceback" not in err
+
+
+def _misconfigured(url: str, problem: str) -> str:
+    parts = urlsplit(url)
+    if problem == "unknown role":
+        return urlunsplit(parts._replace(netloc="no_such_role@" + parts.netloc.rpartition("@")[2]))
+    return urlunsplit(parts._replace(path=parts.path + "_gone"))
+
+
+@pytest.mark.parametrize(
+    ("problem", "words"),
+    [
+        ("unknown role", "no_such_role"),
+        ("unknown database", "does not exist"),
+        ("database ahead", "newer than this code knows"),
+    ],
+)
+async def test_migrate_wait_still_fails_at_once_on_a_misconfiguration(databases, problem, words):
+    url = databases.create()
+    if problem == "database ahead":
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')")
+        finally:
+            await conn.close()
+    else:
+        url = _misconfigured(url, problem)
+    started = time.monotonic()
+    result = await asyncio.to_thread(run_command, "migrate", "--wait", "60", AUTHSVC_DATABASE_URL=url)
+    assert time.monotonic() - started < 15, "a misconfiguration must not be waited out"
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+
+
+def test_what_migrate_waits_for_and_what_not():
+    for error in (ConnectionRefusedError, FileNotFoundError, socket.gaierror, TimeoutError, asyncpg.CannotConnectNowError):
+        assert issubclass(error, cli.NOT_UP_YET), error
+    for error in (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError):
+        assert not issubclass(error, cli.NOT_UP_YET), error
+    bad = run_command("migrate", "--wait", "-1", AUTHSVC_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    assert bad.returncode == 2 and bad.stderr.strip() == "authsvc: --wait: must be a number of seconds from 0 to 3600"
 
 
 def test_secrets_init_creates_private_files(tmp_path):
@@ -133,6 +220,40 @@ async def test_serve_on_an_external_database(databases, tmp_path):
     assert served.proc.returncode == 0
     out = served.output
     assert settings["AUTHSVC_TOKEN_SECRET"] not in out and PASSWORD not in out
+
+
+def _refused_in_one_line(result, port: int, words: str) -> None:
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"authsvc: 127.0.0.1:{port} is in use"), result.stderr
+    assert words in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_port_served_already_is_refused_unless_sharing_is_asked_for(database_url, tmp_path, workers):
+    settings = quick_settings(database_url, AUTHSVC_WORKERS=str(workers), AUTHSVC_MIGRATE_ON_START="false")
+    async with serving(tmp_path, **settings) as first:
+        port = urlsplit(first.base).port
+        # Refused before anything starts (no database, no workers), whatever the workers would share.
+        _refused_in_one_line(run_command("serve", "--port", str(port), **settings), port, "--reuse-port")
+        assert listeners(first.base) == workers
+        async with serving(tmp_path, "--reuse-port", port=port, **settings) as second:
+            await all_workers_listening(first.base, 2 * workers)  # the kernel spreads connections over both
+        assert second.proc.returncode == 0
+        assert listeners(first.base) == workers
+        async with aiohttp.ClientSession() as http, http.get(first.base + "/readyz") as resp:
+            assert resp.status == 200  # the first serve is untouched
+    assert first.proc.returncode == 0
+
+
+@pytest.mark.parametrize(("args", "words"), [((), "--reuse-port"), (("--reuse-port",), "does not share it")])
+def test_a_port_held_by_another_program_is_refused_in_one_line(database_url, args, words):
+    with socket.socket() as other:  # bound without SO_REUSEPORT: nobody can share it
+        port = free_port()
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        result = run_command("serve", "--port", str(port), *args, **quick_settings(database_url))
+    _refused_in_one_line(result, port, words)
 
 
 @pytest.mark.slow

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import logging
-import os
 import signal
-import tempfile
 import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,11 +24,11 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 from helpers import PASSWORD, bearer, login, signup
-from servers import quick_settings, serving
+from servers import Cluster, quick_settings, serving, temporary_cluster
 
 from authsvc.app import create_app
 from authsvc.appkeys import POOL, THROTTLE, TOKENS
-from authsvc.db import embedded, migrate
+from authsvc.db import migrate
 from authsvc.settings import Settings
 
 psutil = pytest.importorskip("psutil", reason="comes with the embedded PostgreSQL (the `embedded` extra)")
@@ -44,54 +40,6 @@ pytestmark = pytest.mark.slow
 # round trips (its claim, then giving the claim back).
 TIMEOUTS = {"db_connect_timeout": 0.5, "db_acquire_timeout": 0.5, "db_statement_timeout": 0.5}
 BOUND = 5.0  # seconds within which every request must be answered, whatever the database does
-
-
-class Cluster:
-    """One PostgreSQL server in a temporary directory, stopped and started at will."""
-
-    def __init__(self, root: Path) -> None:
-        module = embedded._server_module()
-        # No clean-up by the library: it would stop the process it first started, which a
-        # restart here has replaced. The fixture stops the server and removes the directory.
-        self.server = module.get_server(root / "pgdata", cleanup_mode=None)
-        self.pg_ctl = module.pg_ctl
-        self.socket_dir = self.server.get_postmaster_info().socket_dir
-        self.admin_url = self.server.get_uri("postgres")
-
-    def url(self, database: str) -> str:
-        return self.server.get_uri(database)
-
-    def _ctl(self, *args: str) -> None:
-        self.pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
-
-    def stop(self, mode: str) -> None:
-        self._ctl("-w", "-m", mode, "stop")
-
-    def start(self) -> None:
-        self._ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start")
-
-    def running(self) -> bool:
-        return (self.server.pgdata / "postmaster.pid").exists()
-
-    def processes(self) -> list[Any]:
-        pid = int((self.server.pgdata / "postmaster.pid").read_text().split()[0])
-        postmaster = psutil.Process(pid)
-        return [postmaster, *postmaster.children(recursive=True)]
-
-    async def create_database(self, *, migrated: bool) -> str:
-        name = f"faults_{uuid.uuid4().hex[:8]}"
-        conn = await asyncpg.connect(self.admin_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        if migrated:
-            conn = await asyncpg.connect(self.url(name))
-            try:
-                await migrate.migrate(conn)
-            finally:
-                await conn.close()
-        return self.url(name)
 
 
 class SilentHop:
@@ -135,14 +83,8 @@ class SilentHop:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    with tempfile.TemporaryDirectory(prefix="authsvc-faults-") as tmp:
-        os.chmod(tmp, 0o755)  # the server may run as another user (when the tests run as root)
-        c = Cluster(Path(tmp))
-        try:
-            yield c
-        finally:
-            if c.running():
-                c.stop("fast")
+    with temporary_cluster("authsvc-faults-") as c:
+        yield c
 
 
 @pytest.fixture

@@ -3,6 +3,9 @@
 A failed login whose answer waits out a 2 s backoff is the slow request: the failure is in
 the database before the wait starts, so the test knows the handler is running when it sends
 the signal, and the answer it must still get is the ordinary 401.
+
+A terminal's Ctrl-C, `timeout` and systemd signal the whole process group, not the parent
+alone: those tests start the server in a group of its own and signal the group.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 import pytest
-from servers import serving
+from servers import Served, all_workers_listening, launched, serving
 
 from authsvc.settings import Settings
 
@@ -55,6 +58,13 @@ async def _until(db: asyncpg.Connection, query: str, what: str) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
+async def _slow_login_under_way(base: str, db: asyncpg.Connection) -> asyncio.Task[tuple[int, Any]]:
+    """A slow login, once its handler runs: its failure is recorded, its backoff begins."""
+    in_flight = asyncio.create_task(_slow_login(base))
+    await _until(db, "SELECT count(*) FROM auth_events WHERE outcome = 'failure'", "the failed login")
+    return in_flight
+
+
 async def _refused(base: str) -> bool:
     parts = urlsplit(base)
     try:
@@ -67,41 +77,37 @@ async def _refused(base: str) -> bool:
     return False
 
 
-def _listeners(base: str) -> int:
-    """Sockets listening on the port (one per worker: they share it with SO_REUSEPORT)."""
-    port = f":{urlsplit(base).port:04X}"
-    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(1 for row in rows if row.split()[1].endswith(port) and row.split()[3] == "0A")  # 0A: LISTEN
-
-
-async def _all_workers_listening(base: str, workers: int) -> None:
-    # /readyz answered by one worker says nothing of the others; a worker still starting
-    # has no requests to finish and no signal handler yet.
-    for _ in range(300):
-        if _listeners(base) == workers:
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"{workers} workers did not all listen in 15 s")
-
-
 async def _exit_code(proc: Any, within: float) -> int:
     deadline = time.monotonic() + within
     while proc.poll() is None:
         if time.monotonic() > deadline:
-            pytest.fail(f"authsvc still running {within} s after SIGTERM")
+            pytest.fail(f"authsvc still running {within} s after the signal")
         await asyncio.sleep(0.05)
     return proc.returncode
 
 
+def _stopped_cleanly(served: Served, code: int, workers: int) -> None:
+    out = served.output
+    assert code == 0, out
+    for sign in ('"level": "ERROR"', "Traceback", "KeyboardInterrupt"):
+        assert sign not in out, out
+    assert out.count("database pool closed") == workers, out  # every worker ran its cleanup
+
+
 @pytest.mark.parametrize("workers", [1, 2])
-async def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(base_settings, db, tmp_path, workers):
+@pytest.mark.parametrize("ctrl_c_twice", [False, True], ids=["sigterm-to-the-parent", "ctrl-c-twice-to-the-group"])
+async def test_a_stop_finishes_the_request_in_flight_and_refuses_new_ones(
+    base_settings, db, tmp_path, workers, ctrl_c_twice
+):
     settings = _settings(base_settings, AUTHSVC_WORKERS=str(workers))
     async with serving(tmp_path, **settings) as served:
-        await _all_workers_listening(served.base, workers)
-        in_flight = asyncio.create_task(_slow_login(served.base))
-        await _until(db, "SELECT count(*) FROM auth_events WHERE outcome = 'failure'", "the failed login")
+        await all_workers_listening(served.base, workers)
+        in_flight = await _slow_login_under_way(served.base, db)
         signalled = time.monotonic()
-        served.proc.send_signal(signal.SIGTERM)  # with 2 workers, to the parent, which passes it on
+        if ctrl_c_twice:
+            served.signal_group(signal.SIGINT)  # each worker gets it from the group and from its parent
+        else:
+            served.proc.send_signal(signal.SIGTERM)  # with 2 workers, to the parent, which passes it on
 
         # The listening socket goes at once, while the login is still waiting out its backoff.
         for _ in range(100):
@@ -109,16 +115,16 @@ async def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(base_
                 break
             await asyncio.sleep(0.01)
         else:
-            pytest.fail("new connections were still accepted 1 s after SIGTERM")
+            pytest.fail("new connections were still accepted 1 s after the signal")
         assert not in_flight.done()
+        if ctrl_c_twice:
+            served.signal_group(signal.SIGINT)  # impatient: the stop under way goes on to its end
 
         status, body = await in_flight  # the whole ordinary answer, not a cut connection
         assert status == 401 and body["error"] == "invalid_credentials"
         assert time.monotonic() - signalled >= BACKOFF_MS / 1000 * 0.9
-        assert await _exit_code(served.proc, SHUTDOWN_TIMEOUT) == 0
-    out = served.output
-    assert out.count("database pool closed") == workers, out  # every cleanup context ran
-    assert "Traceback" not in out
+        code = await _exit_code(served.proc, SHUTDOWN_TIMEOUT)
+    _stopped_cleanly(served, code, workers)  # every cleanup context ran, no traceback
 
 
 async def test_a_request_past_the_deadline_is_cancelled_and_its_failure_still_counts(base_settings, db, tmp_path):
@@ -132,8 +138,7 @@ async def test_a_request_past_the_deadline_is_cancelled_and_its_failure_still_co
         AUTHSVC_WORKERS="1",
     )
     async with serving(tmp_path, **settings) as served:
-        in_flight = asyncio.create_task(_slow_login(served.base))
-        await _until(db, "SELECT count(*) FROM auth_events WHERE outcome = 'failure'", "the failed login")
+        in_flight = await _slow_login_under_way(served.base, db)
         signalled = time.monotonic()
         served.proc.send_signal(signal.SIGTERM)
         # aiohttp waits the deadline for the handler, then as long again for it to stop once
@@ -148,3 +153,54 @@ async def test_a_request_past_the_deadline_is_cancelled_and_its_failure_still_co
         "nobody@example.com",
     )
     assert closed is True
+
+
+# --- signals to the whole process group ---
+
+
+@pytest.fixture(scope="module")
+def embedded_cwd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the embedded-database servers of this module run: one initdb, then the data
+    dir (./.authsvc) is reused, as by someone who runs `authsvc serve` again and again."""
+    return tmp_path_factory.mktemp("embedded")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    "signals",
+    [[signal.SIGINT], [signal.SIGTERM], [signal.SIGINT, signal.SIGINT]],
+    ids=["ctrl-c", "sigterm", "ctrl-c-twice"],
+)
+async def test_a_signal_to_the_group_stops_the_embedded_service_cleanly(embedded_cwd, workers, signals):
+    # Each worker gets the signal twice (the group's, and the one its parent passes on), and
+    # a second Ctrl-C lands while the embedded PostgreSQL is being stopped at exit.
+    async with serving(embedded_cwd, AUTHSVC_WORKERS=str(workers), AUTHSVC_BCRYPT_ROUNDS="4") as served:
+        await all_workers_listening(served.base, workers)
+        for signum in signals:
+            served.signal_group(signum)
+            await asyncio.sleep(0.05)
+        code = await _exit_code(served.proc, SHUTDOWN_TIMEOUT + 30)  # + the database's own stop
+    _stopped_cleanly(served, code, workers)
+    assert "embedded PostgreSQL" in served.output
+
+
+async def _logged(served: Served, words: str) -> None:
+    for _ in range(300):
+        if words in served.output:
+            return
+        if served.proc.poll() is not None:
+            pytest.fail(f"authsvc exited early:\n{served.output}")
+        await asyncio.sleep(0.02)
+    pytest.fail(f"{words!r} not logged in 6 s:\n{served.output}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+async def test_a_signal_to_the_group_while_the_workers_start(base_settings, tmp_path, signum):
+    # The parent has just started the workers: they are still importing, with no handler
+    # of their own yet. The signal waits for the handler; it is neither a traceback nor lost.
+    with launched(tmp_path, **_settings(base_settings, AUTHSVC_WORKERS="2")) as served:
+        await _logged(served, "with 2 workers")
+        served.signal_group(signum)
+        code = await _exit_code(served.proc, SHUTDOWN_TIMEOUT)
+    _stopped_cleanly(served, code, 2)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
 from servers import run_command, serving
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,6 +6,7 @@ There is no Docker engine here, so this keeps the files honest instead of runnin
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 import shlex
 import shutil
@@ -20,6 +21,7 @@ import yaml
 from authsvc import app as app_module
 from authsvc import settings as config
 from authsvc.cli import main as cli
+from authsvc.cli import secretfiles
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +86,31 @@ def test_commands_are_real_subcommands(compose, name):
 
 def test_migrate_creates_secrets_before_migrating(compose):
     commands = [argv[1:] for argv in _authsvc_commands(compose["services"]["migrate"])]
-    assert commands == [["secrets", "init"], ["migrate"]]
+    assert [argv[0] for argv in commands] == ["secrets", "migrate"]
+    assert commands[0] == ["secrets", "init"]
+
+
+def test_migrate_waits_for_a_database_not_up_yet(compose):
+    (argv,) = [argv for argv in _authsvc_commands(compose["services"]["migrate"]) if argv[1] == "migrate"]
+    wait = cli._parser().parse_args(argv[1:]).wait
+    # Longer than a restart of the database takes, short enough to fail a broken stack soon.
+    assert 10 <= wait <= 300, wait
+
+
+def test_db_healthcheck_asks_over_tcp_as_the_app_connects(compose):
+    db = compose["services"]["db"]
+    kind, command = db["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    argv = shlex.split(command)
+    assert argv[0] == "pg_isready"
+    options = dict(zip(argv[1::2], argv[2::2]))
+    # A TCP address, not a socket directory: the image's initialisation runs a server on
+    # the socket alone, which is up (and "ready") before the real one listens.
+    assert ipaddress.ip_address(options["-h"]).is_loopback
+    url = urllib.parse.urlsplit(config.from_env(_env(compose["services"]["migrate"])).database_url)
+    assert options.get("-p", "5432") == str(url.port or 5432)
+    assert options["-U"] == url.username == db["environment"]["POSTGRES_USER"]
+    assert options["-d"] == url.path.lstrip("/") == db["environment"]["POSTGRES_DB"]
 
 
 def test_app_listens_where_the_proxy_sends_and_does_not_migrate(compose):
@@ -243,3 +269,80 @@ def test_dockerfile_builds_what_compose_runs():
     assert "[embedded]" not in dockerfile, "images carry no database server"
     assert "USER authsvc" in dockerfile
     assert "AUTHSVC_DATA_DIR=/data" in dockerfile
+
+
+# --- .dockerignore: the build context ---
+
+
+def _pattern(text: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as Docker's patternmatcher reads it: `**` spans directories,
+    `*` and `?` stop at a `/`. (No classes or escapes: the file keeps to these.)"""
+    assert "[" not in text and "\\" not in text, f"{text}: a pattern this check cannot read"
+    regex = ""
+    for token in re.findall(r"\*\*/|\*\*|\*|\?|[^*?]", text):
+        regex += {"**/": "(.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(token) or re.escape(token)
+    return re.compile(regex + r"\Z")
+
+
+def _dockerignore() -> list[tuple[bool, re.Pattern[str]]]:
+    """(exception, pattern) for each line of .dockerignore, in order."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            exception = line.startswith("!")
+            rules.append((exception, _pattern(posixpath.normpath(line.removeprefix("!").strip()).lstrip("/"))))
+    return rules
+
+
+def _excluded(rules: list[tuple[bool, re.Pattern[str]]], path: str) -> bool:
+    """Docker's rule: the last pattern that matches the path, or one of its parent
+    directories, decides; an exception (`!`) lets it back in."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    excluded = False
+    for exception, pattern in rules:
+        if any(pattern.match(candidate) for candidate in candidates):
+            excluded = not exception
+    return excluded
+
+
+def _copied() -> list[str]:
+    """The context paths the Dockerfile's COPY (and ADD) lines take."""
+    sources = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words and words[0].upper() in ("COPY", "ADD"):
+            args = [word for word in words[1:] if not word.startswith("--")]
+            sources += [posixpath.normpath(arg) for arg in args[:-1]]
+    return sources
+
+
+def test_the_build_context_is_what_the_dockerfile_copies():
+    rules, copied = _dockerignore(), _copied()
+    assert copied, "the Dockerfile copies something"
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+    ).stdout.splitlines()
+    for path in tracked:
+        needed = any(path == source or path.startswith(source + "/") for source in copied)
+        assert _excluded(rules, path) is not needed, f"{path}: {'left out' if needed else 'sent'}"
+    # And whatever else lies in this checkout (a virtualenv, caches, a local run's data dir).
+    for entry in ROOT.iterdir():
+        if entry.name not in copied:
+            assert _excluded(rules, entry.name), entry.name
+
+
+def test_the_build_context_carries_no_secret_and_no_virtualenv():
+    rules = _dockerignore()
+    settings = config.Settings()  # a local run keeps its data in ./.authsvc
+    private = [
+        *(secretfiles.secret_path(settings.data_dir, name) for name in secretfiles.SECRET_NAMES),
+        settings.keys_file,
+        settings.data_dir / "pgdata" / "PG_VERSION",  # the embedded database (embedded.start)
+    ]
+    for path in private:
+        assert _excluded(rules, path.as_posix()), path
+        assert _excluded(rules, f"authsvc/{path.as_posix()}"), f"a serve run from authsvc/: {path}"
+    for path in (".venv/bin/python", ".git/config", "authsvc/__pycache__/app.cpython-311.pyc"):
+        assert _excluded(rules, path), path
