@@ -21,6 +21,7 @@ from authsvc.settings import parse
 from authsvc.settings.parse import MIN_SECRET_CHARS, MIN_SECRET_DISTINCT, IPNetwork, check_secret
 
 __all__ = [
+    "DECLARATIONS",
     "FIELDS",
     "MASK",
     "MIN_SECRET_CHARS",
@@ -32,7 +33,6 @@ __all__ = [
     "Setting",
     "Settings",
     "check_secret",
-    "declaration",
     "env_name",
     "from_env",
     "mask_url",
@@ -361,10 +361,6 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
-
-
-def declaration(name: str) -> Setting:
-    return DECLARATIONS[name]
 
 
 DECLARATIONS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in dataclasses.fields(Settings)}
