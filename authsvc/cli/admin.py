@@ -12,7 +12,6 @@ import asyncio
 import getpass
 import ipaddress
 import sys
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
@@ -32,10 +31,6 @@ from authsvc.errors import EmailTaken, PasswordRefused
 from authsvc.http.breached import open_policy
 from authsvc.http.schemas import SignupSchema
 from authsvc.settings import ConfigError, Settings, env_name
-
-MASK = "***"
-SECRETS = ("token_secret", "password_pepper")
-
 
 class CommandFailed(Exception):
     """The command ran but could not do what was asked (exit code 1)."""
@@ -186,53 +181,11 @@ def throttle_command(settings: Settings, args: Any, with_database: Callable[[Set
 # --- settings ---
 
 
-def mask_url(url: str) -> str:
-    """A database URL without its password: postgresql://user:***@host/db."""
-    parts = urllib.parse.urlsplit(url)
-    prefix = f"{parts.scheme}://{parts.netloc}"
-    if not url.startswith(prefix) or "@" in url[len(prefix) :]:
-        # A password holding '/', '?' or '#' unescaped spills past the netloc: show nothing.
-        return f"{parts.scheme}://{MASK}"
-    userinfo, at, hostinfo = parts.netloc.rpartition("@")
-    netloc = parts.netloc
-    if at:
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:{MASK}@{hostinfo}" if colon else f"{user}@{hostinfo}"
-    query = "&".join(
-        f"{k}={MASK}" if "pass" in k.lower() else f"{k}{sep}{v}"
-        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    masked = f"{parts.scheme}://{netloc}{parts.path}"
-    if query:
-        masked += f"?{query}"
-    if parts.fragment:
-        masked += f"#{MASK}"
-    return masked
-
-
 def _shown(settings: Settings, name: str) -> str:
-    value = getattr(settings, name)
-    if name in SECRETS:
-        if value is not None:
-            return MASK
+    if name in config.SECRETS and getattr(settings, name) is None:
         if secretfiles.secret_path(settings.data_dir, name).exists():
-            return MASK
-        return "(unset: generated in embedded mode)" if settings.embedded else "(unset)"
-    if name == "introspection_clients":
-        return ",".join(f"{client_id}:{MASK}" for client_id, _ in value) or "(none)"
-    if name == "database_url":
-        return mask_url(value) if value else f"(unset: embedded PostgreSQL in {settings.data_dir / 'pgdata'})"
-    if name == "public_base_url" and value is None:
-        return f"(unset: {settings.public_url})"
-    if name == "signing_keys_file" and value is None:
-        return f"(unset: {settings.keys_file})"
-    if name == "breached_passwords_url":  # a private mirror's URL may carry a credential
-        return mask_url(value) if value else "(unset: no breached-password check)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value) or "(none)"
-    return str(value)
+            return config.MASK
+    return config.shown(settings, name)
 
 
 def settings_lines(settings: Settings, environ: Mapping[str, str]) -> list[str]:
@@ -247,7 +200,7 @@ def settings_lines(settings: Settings, environ: Mapping[str, str]) -> list[str]:
 def _source(settings: Settings, name: str, environ: Mapping[str, str]) -> str:
     if env_name(name) in environ:
         return ""
-    if name in SECRETS:
+    if name in config.SECRETS:
         path = secretfiles.secret_path(settings.data_dir, name)
         if getattr(settings, name) is None and path.exists():
             return f"  [from {path}]"

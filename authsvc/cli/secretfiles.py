@@ -12,9 +12,10 @@ import secrets
 from pathlib import Path
 
 from authsvc.auth.keyring import KeyError_, KeyFile
-from authsvc.settings import ConfigError, Settings, check_secret, env_name
+from authsvc.settings import SECRETS, ConfigError, Settings, check_secret, env_name
 
-SECRET_NAMES = ("token_secret", "password_pepper")
+# The settings declared secret=True: each may live in a file here.
+SECRET_NAMES = SECRETS
 
 
 def secret_path(data_dir: Path, name: str) -> Path:

@@ -1,7 +1,9 @@
 """Settings: read once from AUTHSVC_* variables, validated, frozen.
 
-Every setting is declared once in ``FIELDS``; docs/settings.md's table and the
-docker-compose check in the tests are read against this list.
+Every setting is declared once, as a field of ``Settings``: its type and default, its parser
+(which holds the bounds), whether it is a secret, and one line of documentation. ``FIELDS``,
+``from_env``, what `authsvc settings` shows and docs/settings.md's table (settings.table)
+are all read from these declarations.
 """
 
 from __future__ import annotations
@@ -15,11 +17,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from authsvc.settings import parse
+from authsvc.settings.parse import MIN_SECRET_CHARS, MIN_SECRET_DISTINCT, IPNetwork, check_secret
+
+__all__ = [
+    "DECLARATIONS",
+    "FIELDS",
+    "MASK",
+    "MIN_SECRET_CHARS",
+    "MIN_SECRET_DISTINCT",
+    "PRIVATE_NETWORKS",
+    "SECRETS",
+    "ConfigError",
+    "IPNetwork",
+    "Setting",
+    "Settings",
+    "check_secret",
+    "env_name",
+    "from_env",
+    "mask_url",
+    "shown",
+    "validate",
+]
 
 PREFIX = "AUTHSVC_"
-MIN_SECRET_CHARS = 32
-MIN_SECRET_DISTINCT = 12
+MASK = "***"
 # Who may read /metrics by default: this host and private networks, never the internet.
 PRIVATE_NETWORKS: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(net)
@@ -36,67 +58,293 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class Setting:
+    """The declaration of one setting, kept in the metadata of its field of ``Settings``."""
+
+    parse: Callable[[str], Any]  # the variable's text to the value; ValueError names the bounds
+    doc: str  # one line: what the setting does, as docs/settings.md's table says it
+    # The whole value is a secret: never shown, not in repr, and it may come from the file
+    # <data dir>/secrets/<name> instead (authsvc.cli.secretfiles).
+    secret: bool = False
+    # The value holds a credential among other things (a URL's password): the value as shown,
+    # that credential masked. Not in repr either.
+    mask: Callable[[Any], Any] | None = None
+    # The default as the docs show it, where the value itself would not say it ("number of cores").
+    default_doc: str | None = None
+    # What `authsvc settings` shows for an unset (None) value, from the other settings.
+    unset: Callable[[Settings], str] | None = None
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    parser: Callable[[str], Any] | None = None,
+    doc: str = "",
+    *,
+    default_factory: Callable[[], Any] | None = None,
+    **declared: Any,
+) -> Any:
+    """A field of ``Settings`` carrying its ``Setting`` declaration."""
+    assert parser is not None and doc, "a setting needs a parser and a line of doc"
+    declaration = Setting(parser, doc, **declared)
+    assert default_factory is None or declaration.default_doc, "a computed default needs default_doc"
+    hidden = declaration.secret or declaration.mask is not None
+    metadata = {"setting": declaration}
+    if default_factory is not None:
+        return field(default_factory=default_factory, repr=not hidden, metadata=metadata)
+    return field(default=default, repr=not hidden, metadata=metadata)
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+def mask_url(url: str) -> str:
+    """A URL without its password: postgresql://user:***@host/db."""
+    parts = urllib.parse.urlsplit(url)
+    prefix = f"{parts.scheme}://{parts.netloc}"
+    if not url.startswith(prefix) or "@" in url[len(prefix) :]:
+        # A password holding '/', '?' or '#' unescaped spills past the netloc: show nothing.
+        return f"{parts.scheme}://{MASK}"
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{hostinfo}" if colon else f"{user}@{hostinfo}"
+    query = "&".join(
+        f"{k}={MASK}" if "pass" in k.lower() else f"{k}{sep}{v}"
+        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    masked = f"{parts.scheme}://{netloc}{parts.path}"
+    if query:
+        masked += f"?{query}"
+    if parts.fragment:
+        masked += f"#{MASK}"
+    return masked
+
+
+def _mask_pairs(pairs: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    return tuple(f"{client_id}:{MASK}" for client_id, _ in pairs)
+
+
+def _unset_secret(settings: Settings) -> str:
+    return "generated in embedded mode" if settings.embedded else ""
+
+
+@dataclass(frozen=True)
 class Settings:
-    database_url: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    data_dir: Path = Path(".authsvc")
-    cors_origins: tuple[str, ...] = ()
-    migrate_on_start: bool = True
-    db_pool_min: int = 2
-    db_pool_max: int = 10
+    database_url: str | None = setting(
+        None,
+        parse.database_url,
+        "`postgresql://user:password@host:5432/db`. Unset: the embedded PostgreSQL.",
+        mask=mask_url,
+        default_doc="unset: embedded",
+        unset=lambda s: f"embedded PostgreSQL in {s.data_dir / 'pgdata'}",
+    )
+    host: str = setting("127.0.0.1", parse.text, "the address `serve` listens on (`--host` overrides)")
+    port: int = setting(8080, parse.whole(1, 65535), "the port `serve` listens on (`--port` overrides)")
+    workers: int = setting(
+        parser=parse.whole(1, 256),
+        doc="worker processes sharing the port (`--workers` overrides)",
+        default_factory=_cores,
+        default_doc="number of cores",
+    )
+    data_dir: Path = setting(
+        Path(".authsvc"), parse.path, "embedded database and secret files", default_doc="`./.authsvc`"
+    )
+    cors_origins: tuple[str, ...] = setting(
+        (), parse.origins, "comma-separated origins allowed by CORS (`*` is refused)"
+    )
+    migrate_on_start: bool = setting(
+        True, parse.boolean, "`serve` applies pending migrations; false: it refuses to start while any are pending"
+    )
+    db_pool_min: int = setting(
+        2, parse.whole(1, 100), "asyncpg pool size per process: connections kept open (at most `AUTHSVC_DB_POOL_MAX`)"
+    )
+    db_pool_max: int = setting(10, parse.whole(1, 500), "asyncpg pool size per process: the most open at once")
 
-    token_secret: str | None = field(default=None, repr=False)
-    password_pepper: str | None = field(default=None, repr=False)
-    issuer: str = "authsvc"
-    public_base_url: str | None = None
-    audience: str = "authsvc"
-    access_token_ttl: int = 900
-    token_leeway: int = 10
-    password_grant: bool = True
-    token_algorithm: str = "EdDSA"
-    signing_keys_file: Path | None = None
-    refresh_reuse_grace: int = 10
-    session_idle_timeout: int = 7 * 86_400
-    session_lifetime: int = 30 * 86_400
-    introspection_clients: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    token_secret: str | None = setting(
+        None,
+        parse.secret,
+        "HS256 signing key, at least 32 random characters",
+        secret=True,
+        default_doc="from the data dir (HS256 only)",
+        unset=_unset_secret,
+    )
+    password_pepper: str | None = setting(
+        None,
+        parse.secret,
+        "HMAC key applied before bcrypt, at least 32 random characters",
+        secret=True,
+        default_doc="from the data dir",
+        unset=_unset_secret,
+    )
+    issuer: str = setting("authsvc", parse.text, "`iss` of the tokens, checked on every request")
+    public_base_url: str | None = setting(
+        None,
+        parse.url,
+        "where clients reach authsvc, for the URLs in the metadata document",
+        default_doc="`http://<host>:<port>`",
+        unset=lambda s: s.public_url,
+    )
+    audience: str = setting("authsvc", parse.text, "`aud` of the tokens, checked on every request")
+    access_token_ttl: int = setting(900, parse.whole(60, 86_400), "access token lifetime, seconds")
+    token_leeway: int = setting(10, parse.whole(0, 300), "clock skew allowed on `exp`/`iat`, seconds")
+    password_grant: bool = setting(
+        True,
+        parse.boolean,
+        "accept `grant_type=password` at `POST /auth/token` (false: 400 `unsupported_grant_type`; the refresh"
+        " grant and `POST /auth` stay)",
+    )
+    token_algorithm: str = setting(
+        "EdDSA",
+        parse.algorithm,
+        "`EdDSA` (Ed25519) or `ES256` keys from the key file; `HS256` signs with `AUTHSVC_TOKEN_SECRET`"
+        " (single-service set-ups: nothing is published)",
+    )
+    signing_keys_file: Path | None = setting(
+        None,
+        parse.path,
+        "the signing keys (see [Keys](operations.md#keys)); replicas re-read it within 10 s of a change",
+        default_doc="`<data dir>/keys/signing-keys.json`",
+        unset=lambda s: str(s.keys_file),
+    )
+    refresh_reuse_grace: int = setting(
+        10,
+        parse.whole(0, 300),
+        "seconds a used refresh token may be presented again (two tabs at once) before reuse revokes the session",
+    )
+    session_idle_timeout: int = setting(
+        7 * 86_400,
+        parse.whole(300, 365 * 86_400),
+        "a session not refreshed for this long ends",
+        default_doc="`604800` (7 days)",
+    )
+    session_lifetime: int = setting(
+        30 * 86_400,
+        parse.whole(300, 3 * 365 * 86_400),
+        "a session ends this long after its login, whatever happens",
+        default_doc="`2592000` (30 days)",
+    )
+    introspection_clients: tuple[tuple[str, str], ...] = setting(
+        (),
+        parse.clients,
+        "comma-separated `client_id:secret` pairs allowed to call `/auth/introspect` (secrets of 32+ random"
+        " characters)",
+        mask=_mask_pairs,
+        default_doc="none (endpoint off)",
+    )
 
-    bcrypt_rounds: int = 12
-    hash_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    hash_queue: int = 64
+    bcrypt_rounds: int = setting(
+        12, parse.whole(4, 31), "bcrypt cost; hashes are upgraded at the next login when it changes"
+    )
+    hash_workers: int = setting(
+        parser=parse.whole(1, 256), doc="bcrypt threads", default_factory=_cores, default_doc="number of cores"
+    )
+    hash_queue: int = setting(
+        64,
+        parse.whole(1, 100_000),
+        "checks allowed to wait for a thread (bcrypt's, and the password policy's own); past it 503 `busy` with"
+        " `Retry-After`. Logins go ahead of new hashes (signups, password changes), which may use all bcrypt"
+        " threads but one",
+    )
 
-    login_backoff_base_ms: int = 500
-    login_backoff_max_ms: int = 30_000
-    login_failure_window: int = 900
-    account_max_failures_per_hour: int = 100
-    known_address_days: int = 30
-    address_max_failures_per_minute: int = 30
-    address_block_seconds: int = 900
-    signup_max_per_hour: int = 30
-    max_sleeping: int = 1000
-    auth_events_days: int = 30
-    trusted_proxies: tuple[IPNetwork, ...] = ()
-    idle_timeout: int = 15
+    login_backoff_base_ms: int = setting(500, parse.whole(0, 60_000), "delay after the first failed login")
+    login_backoff_max_ms: int = setting(30_000, parse.whole(0, 3_600_000), "cap of the doubling delay")
+    login_failure_window: int = setting(
+        900,
+        parse.whole(1, 30 * 86_400),
+        "seconds of quiet after which an (account, address) pair's failures are forgotten",
+    )
+    account_max_failures_per_hour: int = setting(
+        100,
+        parse.whole(1, 10_000),
+        "failed logins one account may take in any hour, from all addresses together",
+    )
+    known_address_days: int = setting(
+        30,
+        parse.whole(0, 365),
+        "an address the account logged in from within this many days is exempt from the account budget",
+    )
+    address_max_failures_per_minute: int = setting(
+        30, parse.whole(1, 100_000), "failed logins one address may make in any minute, across all accounts"
+    )
+    address_block_seconds: int = setting(
+        900, parse.whole(0, 86_400), "how long an address that went past that is refused"
+    )
+    signup_max_per_hour: int = setting(
+        30,
+        parse.whole(1, 100_000),
+        "signups (`POST /users`, whatever their outcome) one address may make in any hour; past it 429 with"
+        " `Retry-After`",
+    )
+    max_sleeping: int = setting(
+        1000,
+        parse.whole(0, 1_000_000),
+        "requests that may wait out a backoff at once per process; past it the 401 is sent at once",
+    )
+    auth_events_days: int = setting(30, parse.whole(1, 3650), "days of login attempts kept in `auth_events`")
+    trusted_proxies: tuple[IPNetwork, ...] = setting(
+        (), parse.networks, "comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` is believed"
+    )
+    idle_timeout: int = setting(
+        15, parse.whole(1, 3600), "seconds after which an idle or half-sent connection is closed"
+    )
 
-    max_body_bytes: int = 16 * 1024
-    log_level: str = "INFO"
+    max_body_bytes: int = setting(16 * 1024, parse.whole(1024, 1024 * 1024), "largest request body (413 past it)")
+    log_level: str = setting("INFO", parse.log_level, "`DEBUG`, `INFO`, `WARNING` or `ERROR`")
 
     # Stopping: in-flight requests get this long after SIGTERM before they are cancelled.
-    shutdown_timeout: int = 10
+    shutdown_timeout: int = setting(
+        10, parse.whole(1, 600), "seconds requests in flight get to finish after SIGTERM before they are cancelled"
+    )
     # Operator tools: how soon `authsvc throttle reset` reaches running processes.
-    throttle_memory_ms: int = 5000
+    throttle_memory_ms: int = setting(
+        5000,
+        parse.whole(0, 60_000),
+        "longest a process repeats a login refusal (address block, backoff) from memory before asking the"
+        " database again: how soon `authsvc throttle reset` reaches running processes; `0`: never from memory",
+    )
     # Observability
-    metrics_networks: tuple[IPNetwork, ...] = PRIVATE_NETWORKS
-    log_format: str = "json"
+    metrics_networks: tuple[IPNetwork, ...] = setting(
+        PRIVATE_NETWORKS,
+        parse.networks,
+        "comma-separated CIDRs whose direct peers may read `/metrics` (others get 404); empty: nobody",
+        default_doc="loopback and private ranges",
+    )
+    log_format: str = setting(
+        "json", parse.log_format, "`json`: one JSON object per line; `text`: plain lines for a terminal"
+    )
     # Database faults: asyncpg waits forever by default; every wait here is bounded.
-    db_connect_timeout: float = 5.0
-    db_acquire_timeout: float = 5.0
-    db_statement_timeout: float = 5.0
+    db_connect_timeout: float = setting(
+        5.0, parse.seconds(0.1, 300), "seconds (decimals allowed) to open a database connection"
+    )
+    db_acquire_timeout: float = setting(
+        5.0,
+        parse.seconds(0.1, 300),
+        "seconds a request waits for a pooled connection (opening one included) before it gets 503",
+    )
+    db_statement_timeout: float = setting(
+        5.0,
+        parse.seconds(0.1, 3600),
+        "seconds one SQL statement may run (PostgreSQL `statement_timeout`); past it 503. Migrations are not"
+        " bound by it",
+    )
     # Passwords: an optional Pwned Passwords compatible range API (k-anonymity: only the
     # first 5 hex digits of the SHA-1 leave); unset, no breached-password check is made.
-    breached_passwords_url: str | None = None
-    breached_passwords_timeout: float = 2.0
+    breached_passwords_url: str | None = setting(
+        None,
+        parse.url,
+        "a Pwned Passwords compatible range API, e.g. `https://api.pwnedpasswords.com`: new passwords it has"
+        " seen are refused (see [New passwords](design.md#new-passwords))",
+        mask=mask_url,  # a private mirror's URL may carry a credential
+        default_doc="none (check off)",
+        unset=lambda s: "no breached-password check",
+    )
+    breached_passwords_timeout: float = setting(
+        2.0,
+        parse.seconds(0.1, 30),
+        "seconds (decimals allowed) that API gets to answer; past it the password is accepted unchecked",
+    )
 
     @property
     def embedded(self) -> bool:
@@ -115,208 +363,10 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-# --- parsers: each returns the value or raises ValueError with a short reason ---
-
-
-def _int(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw.strip(), 10)
-        except ValueError:
-            raise ValueError(f"must be a whole number from {lo} to {hi}") from None
-        if not lo <= value <= hi:
-            raise ValueError(f"must be a whole number from {lo} to {hi}")
-        return value
-
-    return parse
-
-
-def _seconds(lo: float, hi: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ValueError(f"must be a number of seconds from {lo:g} to {hi:g}") from None
-        if not lo <= value <= hi:  # also refuses nan and inf
-            raise ValueError(f"must be a number of seconds from {lo:g} to {hi:g}")
-        return value
-
-    return parse
-
-
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _text(raw: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise ValueError("must not be empty")
-    return value
-
-
-def _database_url(raw: str) -> str | None:
-    value = raw.strip()
-    if not value:
-        return None
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise ValueError("must be a postgresql:// URL")
-    # Checked here so that a typo stops the start in one line, not in a traceback from the
-    # driver; the message never repeats the URL (it may hold a password).
-    for host in parts.netloc.rpartition("@")[2].split(","):  # host[:port], one or several
-        port = host.rpartition("]")[2] if host.startswith("[") else host  # [IPv6]:port
-        if ":" in port:
-            number = port.rpartition(":")[2]
-            if number and not (number.isascii() and number.isdigit() and 1 <= int(number) <= 65535):
-                raise ValueError("has a port that is not a whole number from 1 to 65535")
-    return value
-
-
-def _origins(raw: str) -> tuple[str, ...]:
-    origins = []
-    for item in raw.split(","):
-        item = item.strip().rstrip("/")
-        if not item:
-            continue
-        parts = urllib.parse.urlsplit(item)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise ValueError(f"{item!r} is not an origin like https://app.example.com (and '*' is not allowed)")
-        origins.append(item)
-    return tuple(origins)
-
-
-def _networks(raw: str) -> tuple[IPNetwork, ...]:
-    networks = []
-    for item in raw.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an address or CIDR network like 10.0.0.0/8") from None
-    return tuple(networks)
-
-
-def _url(raw: str) -> str:
-    value = raw.strip().rstrip("/")
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError("must be an http:// or https:// URL")
-    return value
-
-
-def _secret(raw: str) -> str:
-    value = raw.strip()
-    check_secret(value)
-    return value
-
-
-def check_secret(value: str) -> None:
-    if len(value) < MIN_SECRET_CHARS or len(set(value)) < MIN_SECRET_DISTINCT:
-        raise ValueError(
-            f"too short or too simple: use at least {MIN_SECRET_CHARS} random characters, e.g. the output of "
-            "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
-        )
-
-
-def _algorithm(raw: str) -> str:
-    value = raw.strip()
-    if value not in ("EdDSA", "ES256", "HS256"):
-        raise ValueError("must be EdDSA, ES256 or HS256")
-    return value
-
-
-def _clients(raw: str) -> tuple[tuple[str, str], ...]:
-    clients = []
-    for item in raw.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        client_id, sep, secret = item.partition(":")
-        if not sep or not client_id or not client_id.isprintable():
-            raise ValueError("must be a comma-separated list of client_id:secret pairs")
-        try:
-            check_secret(secret)
-        except ValueError as exc:
-            raise ValueError(f"the secret of {client_id!r} is {exc}") from None
-        clients.append((client_id, secret))
-    return tuple(clients)
-
-
-def _log_level(raw: str) -> str:
-    value = raw.strip().upper()
-    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
-    return value
-
-
-def _log_format(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in ("json", "text"):
-        raise ValueError("must be json or text")
-    return value
-
-
-FIELDS: dict[str, Callable[[str], Any]] = {
-    "database_url": _database_url,
-    "host": _text,
-    "port": _int(1, 65535),
-    "workers": _int(1, 256),
-    "data_dir": lambda raw: Path(_text(raw)),
-    "cors_origins": _origins,
-    "migrate_on_start": _bool,
-    "db_pool_min": _int(1, 100),
-    "db_pool_max": _int(1, 500),
-    "token_secret": _secret,
-    "password_pepper": _secret,
-    "issuer": _text,
-    "public_base_url": _url,
-    "audience": _text,
-    "access_token_ttl": _int(60, 86_400),
-    "token_leeway": _int(0, 300),
-    "password_grant": _bool,
-    "token_algorithm": _algorithm,
-    "signing_keys_file": lambda raw: Path(_text(raw)),
-    "refresh_reuse_grace": _int(0, 300),
-    "session_idle_timeout": _int(300, 365 * 86_400),
-    "session_lifetime": _int(300, 3 * 365 * 86_400),
-    "introspection_clients": _clients,
-    "bcrypt_rounds": _int(4, 31),
-    "hash_workers": _int(1, 256),
-    "hash_queue": _int(1, 100_000),
-    "login_backoff_base_ms": _int(0, 60_000),
-    "login_backoff_max_ms": _int(0, 3_600_000),
-    "login_failure_window": _int(1, 30 * 86_400),
-    "account_max_failures_per_hour": _int(1, 10_000),
-    "known_address_days": _int(0, 365),
-    "address_max_failures_per_minute": _int(1, 100_000),
-    "address_block_seconds": _int(0, 86_400),
-    "signup_max_per_hour": _int(1, 100_000),
-    "max_sleeping": _int(0, 1_000_000),
-    "auth_events_days": _int(1, 3650),
-    "trusted_proxies": _networks,
-    "idle_timeout": _int(1, 3600),
-    "max_body_bytes": _int(1024, 1024 * 1024),
-    "log_level": _log_level,
-    "shutdown_timeout": _int(1, 600),
-    "throttle_memory_ms": _int(0, 60_000),
-    # Observability
-    "metrics_networks": _networks,
-    "log_format": _log_format,
-    "db_connect_timeout": _seconds(0.1, 300),
-    "db_acquire_timeout": _seconds(0.1, 300),
-    "db_statement_timeout": _seconds(0.1, 3600),
-    # Passwords
-    "breached_passwords_url": _url,
-    "breached_passwords_timeout": _seconds(0.1, 30),
-}
+DECLARATIONS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in dataclasses.fields(Settings)}
+FIELDS: dict[str, Callable[[str], Any]] = {name: decl.parse for name, decl in DECLARATIONS.items()}
+# The settings whose whole value is a secret (the others never are, or are masked in part).
+SECRETS: tuple[str, ...] = tuple(name for name, decl in DECLARATIONS.items() if decl.secret)
 
 
 def env_name(name: str) -> str:
@@ -353,3 +403,20 @@ def validate(settings: Settings) -> None:
         raise ConfigError(env_name("session_idle_timeout"), "must not exceed AUTHSVC_SESSION_LIFETIME")
     if settings.token_secret is not None and settings.token_secret == settings.password_pepper:
         raise ConfigError(env_name("password_pepper"), "must differ from AUTHSVC_TOKEN_SECRET")
+
+
+def shown(settings: Settings, name: str) -> str:
+    """A setting's value as `authsvc settings` prints it, secrets masked."""
+    declared, value = DECLARATIONS[name], getattr(settings, name)
+    if value is None:
+        why = declared.unset(settings) if declared.unset else ""
+        return f"(unset: {why})" if why else "(unset)"
+    if declared.secret:
+        return MASK
+    if declared.mask is not None:
+        value = declared.mask(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "(none)"
+    return str(value)

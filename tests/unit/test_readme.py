@@ -12,6 +12,7 @@ import unicodedata
 from pathlib import Path
 
 from authsvc import settings as config
+from authsvc.settings import table as settings_doc
 from authsvc.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +56,13 @@ def test_every_documented_setting_exists():
     for path in MARKDOWN:
         documented = set(re.findall(r"`(AUTHSVC_[A-Z_]+)`", path.read_text())) - {"AUTHSVC_TEST_DATABASE_URL"}
         assert documented <= real, f"{path.name} names settings that do not exist: {sorted(documented - real)}"
+
+
+def test_the_settings_table_is_generated_from_the_declarations():
+    text = SETTINGS_DOC.read_text()
+    assert text == settings_doc.with_table(text), (
+        f"docs/settings.md's table is stale: regenerate it with `{settings_doc.REGENERATE}`"
+    )
 
 
 def test_ci_runs_the_readme_test_command():
