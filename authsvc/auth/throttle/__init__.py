@@ -35,8 +35,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import asyncpg
 
@@ -50,9 +49,14 @@ from authsvc.db.pool import (
     NotReady,
     in_transaction,
 )
+from authsvc.auth.throttle.events import EVENT_BUFFER_MAX, EVENT_FLUSH_EVERY, RefusalEvents
+from authsvc.auth.throttle.policy import Bucket, Limits, normalise
+from authsvc.auth.throttle.signups import SignupBudget
 from authsvc.db.repo import auth_events, known_addresses, login_backoff, login_budgets
 from authsvc.errors import TooManyAttempts
 from authsvc.settings import Settings
+
+__all__ = ["Bucket", "Limits", "LoginThrottle", "RefusalEvents", "SignupBudget", "normalise", "running"]
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,6 @@ PRUNE_EVERY = 300.0
 REMEMBERED_MAX = 100_000
 # Seconds before a remembered refusal ends that the database is asked instead.
 MEMORY_MARGIN = 0.05
-EVENT_FLUSH_EVERY = 1.0
-EVENT_BUFFER_MAX = 50_000
 # Requests of one pair waiting for their turn in this process, and how long one may wait:
 # past either it is refused (429, Retry-After 1) rather than queued without end.
 PAIR_QUEUE_MAX = 64
@@ -82,55 +84,6 @@ QUEUED_MAX = 10_000  # waiting for a turn in this process, all pairs together
 HELD_POLL = 0.05
 # What the give-back path treats as "try again later" rather than a lost claim.
 RETRY_LATER = (*UNAVAILABLE_ERRORS, *CONTENTION_ERRORS, Contended)
-
-
-def normalise(identifier: str) -> str:
-    """The budget key of a login identifier: the key its account is looked up by."""
-    from authsvc.auth.emails import lookup_key
-
-    return lookup_key(identifier)
-
-
-@dataclass(frozen=True)
-class Bucket:
-    scope: str
-    capacity: float
-    rate: float  # tokens a second
-
-
-@dataclass(frozen=True)
-class Limits:
-    backoff_base: timedelta
-    backoff_cap: timedelta
-    failure_window: timedelta
-    account: Bucket
-    address: Bucket
-    address_block: timedelta
-    signup: Bucket
-    known_address_age: timedelta
-    events_kept: timedelta
-    memory: float  # seconds a refusal is repeated from memory before the database is asked again
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> Limits:
-        # A bucket of capacity C refilled at R lets through at most C + R*T in any period T:
-        # a fifth of the limit as burst and four fifths as refill keep every hour (minute)
-        # at or under the configured number.
-        per_hour = s.account_max_failures_per_hour
-        per_minute = s.address_max_failures_per_minute
-        signups = s.signup_max_per_hour
-        return cls(
-            backoff_base=timedelta(milliseconds=s.login_backoff_base_ms),
-            backoff_cap=timedelta(milliseconds=s.login_backoff_max_ms),
-            failure_window=timedelta(seconds=s.login_failure_window),
-            account=Bucket("account", max(1.0, per_hour / 5), per_hour * 4 / 5 / 3600),
-            address=Bucket("address", max(1.0, per_minute / 5), per_minute * 4 / 5 / 60),
-            address_block=timedelta(seconds=s.address_block_seconds),
-            signup=Bucket("signup", max(1.0, signups / 5), signups * 4 / 5 / 3600),
-            known_address_age=timedelta(days=s.known_address_days),
-            events_kept=timedelta(days=s.auth_events_days),
-            memory=s.throttle_memory_ms / 1000,
-        )
 
 
 class _Refused(Exception):
@@ -233,53 +186,6 @@ class Attempt:
         async with self._throttle.pool.acquire() as conn:
             await in_transaction(conn, work)
         self.end_turn()
-
-
-class RefusalEvents:
-    """Refusals are recorded in batches, one row per (identifier, address, budget) and flush
-    with the number of attempts: a flood must cost neither a write nor a row per request."""
-
-    def __init__(self, pool: Database) -> None:
-        self._pool = pool
-        self._pending: dict[tuple[str, str, str], list[Any]] = {}  # -> [first seen, attempts]
-        self.dropped = 0
-
-    def add(self, identifier: str, address: str, reason: str) -> None:
-        seen = self._pending.get((identifier, address, reason))
-        if seen is not None:
-            seen[1] += 1
-        elif len(self._pending) < EVENT_BUFFER_MAX:
-            self._pending[(identifier, address, reason)] = [datetime.now(UTC), 1]
-        else:
-            self.dropped += 1
-
-    @property
-    def unrecorded(self) -> int:
-        return sum(n for _, n in self._pending.values()) + self.dropped
-
-    async def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        if pending:
-            rows = [(at, ident, addr, "throttled", reason, n) for (ident, addr, reason), (at, n) in pending.items()]
-            try:
-                async with self._pool.acquire() as conn:
-                    await auth_events.insert_many(conn, rows)
-            except UNAVAILABLE_ERRORS:
-                self._put_back(pending)  # the next flush tries again
-                raise
-        if self.dropped:
-            log.warning("%d refused login attempts were not recorded (buffer full)", self.dropped)
-            self.dropped = 0
-
-    def _put_back(self, pending: dict[tuple[str, str, str], list[Any]]) -> None:
-        for key, (at, n) in pending.items():
-            seen = self._pending.get(key)
-            if seen is not None:
-                seen[0], seen[1] = min(seen[0], at), seen[1] + n
-            elif len(self._pending) < EVENT_BUFFER_MAX:
-                self._pending[key] = [at, n]
-            else:
-                self.dropped += n
 
 
 class LoginThrottle:
@@ -529,25 +435,6 @@ class LoginThrottle:
             await login_budgets.prune(conn, max(timedelta(hours=1), lim.address_block))
             await known_addresses.prune(conn, lim.known_address_age)
             await auth_events.prune(conn, lim.events_kept)
-
-
-class SignupBudget:
-    """Signups per client address, a token bucket shared by every replica: each attempt takes
-    a token before any hashing, whatever its outcome, so signup can be neither a fast oracle
-    for registered emails nor a way to keep the hashing threads busy from one address."""
-
-    def __init__(self, pool: Database, bucket: Bucket) -> None:
-        self._pool = pool
-        self._bucket = bucket
-
-    async def take(self, address: str) -> None:
-        """Take a token, or raise TooManyAttempts with the seconds until the next one."""
-        b = self._bucket
-        async with self._pool.acquire() as conn:
-            if await login_budgets.take(conn, b.scope, address, b.capacity, b.rate):
-                return
-            wait = await login_budgets.seconds_until_token(conn, b.scope, address, b.capacity, b.rate)
-        raise TooManyAttempts(math.ceil(wait))
 
 
 @contextlib.asynccontextmanager
