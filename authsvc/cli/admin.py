@@ -151,7 +151,7 @@ async def reset_throttle(settings: Settings, identifier: str | None, address: st
     key = normalise(identifier) if identifier is not None else None
 
     async def work(conn: Any) -> tuple[int, int]:
-        # The login path's lock order (throttle.py): address budget, pairs, account budget.
+        # In the login path's lock order (auth/throttle/claims.py).
         budgets = 0
         if address is not None:
             budgets += await login_budgets.forget(conn, "address", address)

@@ -18,7 +18,7 @@ from helpers import PASSWORD, Answer, attempt, login, signup, source
 
 from authsvc.app import create_app
 from authsvc.appkeys import HASHER, THROTTLE
-from authsvc.auth import throttle as throttle_module
+from authsvc.auth.throttle import queue as pair_queue
 
 EMAIL = "service@example.com"
 WRONG = "not the right password"
@@ -169,7 +169,7 @@ async def test_64_parallel_guesses_at_a_known_address_cost_at_most_the_hashing_t
 
 
 async def test_past_the_pairs_queue_a_login_is_refused_at_once_with_retry_after_1(start, monkeypatch):
-    monkeypatch.setattr(throttle_module, "PAIR_QUEUE_MAX", 3)
+    monkeypatch.setattr(pair_queue, "PAIR_QUEUE_MAX", 3)
     # A check of some tens of milliseconds: the twelve arrive while the first is checked.
     client = await start(bcrypt_rounds=10)
     await signup(client, EMAIL)  # never logged in from here: one attempt at a time

@@ -4,10 +4,9 @@ Each attempt first claims the key in one atomic upsert: the claim succeeds only 
 key is not in backoff (`next_attempt_at`) and fewer attempts than allowed are in flight
 (`in_flight`, until `held_until`), and holds it while the password is checked. A pair with
 failures allows one attempt at a time, so parallel guesses cannot walk around the backoff;
-a clean pair the caller trusts (see throttle.py) allows as many as it passes.
+a clean pair the caller trusts (see auth/throttle/claims.py) allows as many as it passes.
 
-Lock order: every transaction on the login path takes the address budget row, then this
-table's row, then the known-address row, then the account budget row (throttle.py).
+Where this table's rows come in the login path's lock order: auth/throttle/claims.py.
 """
 
 from __future__ import annotations
