@@ -38,7 +38,7 @@ from authsvc.http.breached import open_policy
 from authsvc.http.middlewares import bearer_auth, errors_to_json, security_headers
 from authsvc.http.observe import echo_request_id, observe
 from authsvc.http.openapi import document_bytes
-from authsvc.http.views import auth, health, metrics, openapi, todos, users, wellknown
+from authsvc.http.views import auth, health, metrics, oauth, openapi, todos, users, wellknown
 from authsvc.observability.logs import quiet_malformed_requests
 from authsvc.observability.metrics import Metrics, metrics_ctx
 from authsvc.settings import Settings
@@ -172,7 +172,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] | None = None) 
     app.cleanup_ctx.append(throttle_ctx)
     app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(metrics_ctx)
-    for module in (health, wellknown, openapi, auth, users, todos, metrics):
+    for module in (health, wellknown, openapi, auth, oauth, users, todos, metrics):
         app.add_routes(module.routes)
     app[OPENAPI] = document_bytes(app, settings)
     _setup_cors(app, settings.cors_origins)

@@ -8,17 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from authsvc.auth.accounts import Accounts
-    from authsvc.auth.credentials import Credentials
-    from authsvc.auth.password_policy import PasswordPolicy
-    from authsvc.auth.passwords import PasswordHasher
-    from authsvc.auth.sessions import Sessions
-    from authsvc.auth.throttle import LoginThrottle, SignupBudget
-    from authsvc.auth.tokens import TokenService
-    from authsvc.db.pool import Database
-    from authsvc.db.repo.users import User
-    from authsvc.observability.metrics import Metrics
-    from authsvc.settings import Settings
+    pass
 
 SETTINGS = web.AppKey("settings", "Settings")
 POOL = web.AppKey("pool", "Database")

@@ -140,6 +140,17 @@ class InvalidCredentials(ApiError):
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="authsvc"'})
 
 
+class ClientUnauthorized(ApiError):
+    """A service credential (introspection) missing or wrong: RFC 6749 5.2 invalid_client."""
+
+    status = 401
+    code = "invalid_client"
+    message = "Authenticate with a service credential (HTTP Basic)."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"WWW-Authenticate": 'Basic realm="authsvc"'})
+
+
 class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"

@@ -32,7 +32,7 @@ ALGORITHMS = (*ASYMMETRIC, "HS256")
 RELOAD_EVERY = 10.0
 
 
-class KeyError_(Exception):
+class KeyFileError(Exception):
     """The key file is missing or unusable; the message says how to fix it."""
 
 
@@ -102,7 +102,7 @@ class KeyFile:
         except FileNotFoundError:
             return cls(path, None, [])
         except (OSError, ValueError) as exc:
-            raise KeyError_(f"{path}: not a readable key file ({exc})") from None
+            raise KeyFileError(f"{path}: not a readable key file ({exc})") from None
 
     def save(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ class KeyFile:
 
     def activate(self, kid: str) -> None:
         if not any(e["kid"] == kid for e in self.entries):
-            raise KeyError_(f"no key {kid} in {self.path}")
+            raise KeyFileError(f"no key {kid} in {self.path}")
         now = _iso(datetime.now(UTC))
         for entry in self.entries:
             if entry["kid"] == self.active and kid != self.active:
@@ -159,11 +159,11 @@ class KeyFile:
 def _key_from_entry(entry: dict[str, Any]) -> SigningKey:
     alg = entry.get("alg")
     if alg not in ASYMMETRIC:
-        raise KeyError_(f"key {entry.get('kid')}: algorithm {alg!r} is not one of {', '.join(ASYMMETRIC)}")
+        raise KeyFileError(f"key {entry.get('kid')}: algorithm {alg!r} is not one of {', '.join(ASYMMETRIC)}")
     private = serialization.load_pem_private_key(entry["private_key"].encode("ascii"), password=None)
     expected = ed25519.Ed25519PrivateKey if alg == "EdDSA" else ec.EllipticCurvePrivateKey
     if not isinstance(private, expected):
-        raise KeyError_(f"key {entry['kid']}: the key does not match its algorithm {alg}")
+        raise KeyFileError(f"key {entry['kid']}: the key does not match its algorithm {alg}")
     return SigningKey(
         entry["kid"], alg, _parse_time(entry["created_at"]), _parse_time(entry.get("retired_at")), private
     )
@@ -203,10 +203,10 @@ class KeyRing:
     def _read(cls, path: Path, keep_retired: timedelta) -> KeyRing:
         doc = KeyFile.load(path)
         if not doc.entries:
-            raise KeyError_(f"no signing keys in {path}: run `authsvc keys generate`")
+            raise KeyFileError(f"no signing keys in {path}: run `authsvc keys generate`")
         keys = {k.kid: k for k in map(_key_from_entry, doc.entries)}
         if doc.active not in keys:
-            raise KeyError_(f"{path}: the active key {doc.active!r} is not in the file")
+            raise KeyFileError(f"{path}: the active key {doc.active!r} is not in the file")
         return cls(keys[doc.active], keys, keep_retired)
 
     def key_for(self, kid: Any) -> SigningKey | None:

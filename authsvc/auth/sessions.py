@@ -19,7 +19,7 @@ from typing import Any
 
 from authsvc.auth.tokens import AccessClaims, TokenService
 from authsvc.db.pool import Database
-from authsvc.db.repo import sessions
+from authsvc.db.repo import sessions as session_repo
 from authsvc.db.repo.users import User
 from authsvc.errors import InvalidGrant, InvalidToken
 
@@ -67,8 +67,8 @@ class Sessions:
         session_id = uuid.uuid4()
         refresh_token, digest = _new_refresh_token()
         async with self._pool.acquire() as conn, conn.transaction():
-            await sessions.insert_session(conn, session_id, user.id, self._lifetime)
-            await sessions.insert_refresh_token(conn, digest, session_id)
+            await session_repo.insert_session(conn, session_id, user.id, self._lifetime)
+            await session_repo.insert_refresh_token(conn, digest, session_id)
         return self._pair(user.id, session_id, refresh_token)
 
     async def refresh(self, refresh_token: str) -> dict[str, Any]:
@@ -79,33 +79,33 @@ class Sessions:
         new_token, new_digest = _new_refresh_token()
         async with self._pool.acquire() as conn:
             async with conn.transaction():  # statements only: the row lock is held for milliseconds
-                state = await sessions.lock_refresh(conn, digest, self._idle, self._grace)
+                state = await session_repo.lock_refresh(conn, digest, self._idle, self._grace)
                 if state is None or not state.live:
                     raise InvalidGrant()
                 reused = state.used_at is not None
                 if not reused or state.used_within_grace:
                     if not reused:
-                        await sessions.mark_used(conn, digest)
-                    await sessions.insert_refresh_token(conn, new_digest, state.session_id)
-                    await sessions.touch(conn, state.session_id)
+                        await session_repo.mark_used(conn, digest)
+                    await session_repo.insert_refresh_token(conn, new_digest, state.session_id)
+                    await session_repo.touch(conn, state.session_id)
                     return self._pair(state.user_id, state.session_id, new_token)
-                await sessions.revoke(conn, state.session_id, "refresh_token_reuse")
+                await session_repo.revoke(conn, state.session_id, "refresh_token_reuse")
         log.warning("refresh token reused after rotation: session %s revoked", state.session_id)
         raise InvalidGrant()
 
     async def end(self, session_id: uuid.UUID, reason: str) -> None:
         async with self._pool.acquire() as conn:
-            await sessions.revoke(conn, session_id, reason)
+            await session_repo.revoke(conn, session_id, reason)
 
     async def end_all(self, user_id: int, reason: str, keep: uuid.UUID | None = None) -> int:
         async with self._pool.acquire() as conn:
-            return await sessions.revoke_all(conn, user_id, reason, keep)
+            return await session_repo.revoke_all(conn, user_id, reason, keep)
 
     async def user_of(self, access_token: str) -> tuple[User, AccessClaims]:
         """The user and claims of a valid access token whose session is live; InvalidToken otherwise."""
         claims = self._tokens.verify(access_token)
         async with self._pool.acquire() as conn:
-            user = await sessions.select_session_user(conn, claims.session_id, claims.user_id, self._idle)
+            user = await session_repo.select_session_user(conn, claims.session_id, claims.user_id, self._idle)
         if user is None:  # logged out, expired, or the user is gone
             raise InvalidToken()
         return user, claims
@@ -114,7 +114,7 @@ class Sessions:
         """RFC 7662: whether a token is usable now, and its claims if it is."""
         if _looks_like_refresh_token(token):
             async with self._pool.acquire() as conn:
-                owner = await sessions.select_refresh_owner(conn, _digest(token), self._idle)
+                owner = await session_repo.select_refresh_owner(conn, _digest(token), self._idle)
             if owner is None:
                 return {"active": False}
             session_id, user_id, expires_at = owner
@@ -136,7 +136,7 @@ class Sessions:
         session_id: uuid.UUID | None = None
         if _looks_like_refresh_token(token):
             async with self._pool.acquire() as conn:
-                session_id = await sessions.session_of_refresh_token(conn, _digest(token))
+                session_id = await session_repo.session_of_refresh_token(conn, _digest(token))
         else:
             with contextlib.suppress(InvalidToken):
                 session_id = self._tokens.verify(token).session_id
@@ -146,4 +146,4 @@ class Sessions:
     async def prune(self) -> None:
         """Drop sessions that ended more than KEEP_ENDED ago."""
         async with self._pool.acquire() as conn:
-            await sessions.prune(conn, KEEP_ENDED)
+            await session_repo.prune(conn, KEEP_ENDED)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import ipaddress
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -31,6 +30,8 @@ from authsvc.errors import EmailTaken, PasswordRefused
 from authsvc.http.breached import open_policy
 from authsvc.http.schemas import SignupSchema
 from authsvc.settings import ConfigError, Settings, env_name
+from authsvc.settings.networks import parse_ip
+
 
 class CommandFailed(Exception):
     """The command ran but could not do what was asked (exit code 1)."""
@@ -137,12 +138,9 @@ def users_command(settings: Settings, args: Any, with_database: Callable[[Settin
 
 def _address(raw: str) -> str:
     """The key the login budgets use for this address (see addresses.py)."""
-    try:
-        ip = ipaddress.ip_address(raw.strip())
-    except ValueError:
-        raise ConfigError("--address", f"{raw!r} is not an IP address") from None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
+    ip = parse_ip(raw)
+    if ip is None:
+        raise ConfigError("--address", f"{raw!r} is not an IP address")
     return str(ip)
 
 

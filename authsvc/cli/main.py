@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from authsvc import settings as config
-from authsvc.auth.keyring import KeyError_, KeyFile
+from authsvc.auth.keyring import KeyFile, KeyFileError
 from authsvc.cli import admin as operator
 from authsvc.cli import secretfiles, workers
 from authsvc.db import embedded, migrate
@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"authsvc: {exc}", file=sys.stderr)
         return 2
-    except KeyError_ as exc:
+    except KeyFileError as exc:
         print(f"authsvc: {exc}", file=sys.stderr)
         return 2
     except (migrate.MigrationError, operator.CommandFailed) as exc:

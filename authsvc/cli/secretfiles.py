@@ -11,7 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
-from authsvc.auth.keyring import KeyError_, KeyFile
+from authsvc.auth.keyring import KeyFile, KeyFileError
 from authsvc.settings import SECRETS, ConfigError, Settings, check_secret, env_name
 
 # The settings declared secret=True: each may live in a file here.
@@ -68,7 +68,7 @@ def resolve(settings: Settings, *, generate: bool | None = None) -> Settings:
     generate = settings.embedded if generate is None else generate
     try:
         ensure_keys(settings, generate=generate)
-    except KeyError_ as exc:
+    except KeyFileError as exc:
         raise ConfigError(env_name("signing_keys_file"), str(exc)) from None
     return _fill(settings, _needed(settings), generate)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 from collections.abc import AsyncIterator
 
@@ -22,6 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from authsvc.appkeys import HASHER, METRICS, POOL
 from authsvc.settings import IPNetwork
+from authsvc.settings.networks import in_networks, parse_ip
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # How often the loop lag, the pool and the bcrypt queue are sampled.
@@ -154,13 +154,8 @@ class Metrics:
 
 def allowed(peer: str | None, networks: tuple[IPNetwork, ...]) -> bool:
     """Whether the direct peer of the connection may read /metrics (never X-Forwarded-For)."""
-    try:
-        ip = ipaddress.ip_address(peer or "")
-    except ValueError:
-        return False  # not an IP socket
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in networks)
+    ip = parse_ip(peer or "")
+    return ip is not None and in_networks(ip, networks)  # None: not an IP socket
 
 
 async def _sample_forever(app: web.Application, metrics: Metrics) -> None:

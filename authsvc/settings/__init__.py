@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from authsvc.settings import parse
-from authsvc.settings.parse import MIN_SECRET_CHARS, MIN_SECRET_DISTINCT, IPNetwork, check_secret
+from authsvc.settings.parse import (
+    MIN_SECRET_CHARS,
+    MIN_SECRET_DISTINCT,
+    IPNetwork,
+    check_secret,
+)
 
 __all__ = [
     "DECLARATIONS",

@@ -14,7 +14,14 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from authsvc.auth.throttle.claims import Attempt, Claim, Held, Refused, after_refusal, claim
+from authsvc.auth.throttle.claims import (
+    Attempt,
+    Claim,
+    Held,
+    Refused,
+    after_refusal,
+    claim,
+)
 from authsvc.auth.throttle.events import RefusalEvents
 from authsvc.auth.throttle.memory import Memory
 from authsvc.auth.throttle.outage import Abandonable, Unreturned

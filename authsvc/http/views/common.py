@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from authsvc.appkeys import SETTINGS
@@ -10,3 +12,11 @@ def client_address(request: web.Request) -> str:
     """The address login budgets are kept for (see addresses.py)."""
     proxies = request.app[SETTINGS].trusted_proxies
     return resolve(request.remote, request.headers.getall("X-Forwarded-For", []), proxies)
+
+
+# RFC 6749 5.1: token responses must not be cached.
+TOKEN_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def tokens_response(body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, headers=TOKEN_HEADERS)
