@@ -38,7 +38,16 @@ from authsvc.http.breached import open_policy
 from authsvc.http.middlewares import bearer_auth, errors_to_json, security_headers
 from authsvc.http.observe import echo_request_id, observe
 from authsvc.http.openapi import document_bytes
-from authsvc.http.views import auth, health, metrics, oauth, openapi, todos, users, wellknown
+from authsvc.http.views import (
+    auth,
+    health,
+    metrics,
+    oauth,
+    openapi,
+    todos,
+    users,
+    wellknown,
+)
 from authsvc.observability.logs import quiet_malformed_requests
 from authsvc.observability.metrics import Metrics, metrics_ctx
 from authsvc.settings import Settings

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from helpers import PASSWORD, Answer, attempt, login, signup, source
 
 from authsvc.app import create_app
-from authsvc.appkeys import HASHER, THROTTLE
+from authsvc.appkeys import HASHER, POOL, THROTTLE
 from authsvc.auth.throttle import queue as pair_queue
 
 EMAIL = "service@example.com"
@@ -301,3 +301,20 @@ async def test_logins_go_ahead_of_queued_signups_on_the_hashing_threads(start):
     assert seen_hashing == 1, "new hashes took more than all threads but one"
     assert waited > 0, "the signups were all done before the login: nothing was queued ahead of it"
     assert set(await asyncio.gather(*flood)) == {201}
+
+
+async def test_an_address_past_its_signup_budget_is_refused_from_memory(start):
+    client = await start(signup_max_per_hour=5)  # a burst of one
+    await signup(client, EMAIL)
+    first = await client.post("/users", json={"email": "second@example.com", "password": PASSWORD})
+    assert first.status == 429
+    # The database is not asked again while the refusal is remembered: with the pool closed
+    # to requests, the next ones still get the same 429 (not 503), before their body is read.
+    client.app[POOL].ready = False
+    try:
+        for body in ({"email": "third@example.com", "password": PASSWORD}, {"not": "even valid"}):
+            again = await client.post("/users", json=body)
+            assert again.status == 429, await again.text()
+            assert 0 < int(again.headers["Retry-After"]) <= int(first.headers["Retry-After"])
+    finally:
+        client.app[POOL].ready = True

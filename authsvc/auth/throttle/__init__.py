@@ -46,7 +46,7 @@ from authsvc import background
 from authsvc.auth.throttle.claims import Attempt
 from authsvc.auth.throttle.events import EVENT_FLUSH_EVERY, RefusalEvents
 from authsvc.auth.throttle.logins import PRUNE_EVERY, LoginThrottle
-from authsvc.auth.throttle.memory import MEMORY_MARGIN
+from authsvc.auth.throttle.memory import MEMORY_MARGIN, Memory
 from authsvc.auth.throttle.policy import Bucket, Limits, normalise
 from authsvc.auth.throttle.signups import SignupBudget
 from authsvc.db.pool import CLIENT_MARGIN, Database
@@ -80,7 +80,7 @@ async def running(
         background.every(EVENT_FLUSH_EVERY, throttle.refusals.flush, "recording refused logins"),
         background.every(EVENT_FLUSH_EVERY, throttle.give_back_unreturned, "giving back login claims"),
     ):
-        yield throttle, SignupBudget(pool, limits.signup)
+        yield throttle, SignupBudget(pool, limits.signup, Memory(limits.memory, clock))
     # A database that is gone must not hold up the exit.
     bound = settings.db_acquire_timeout + settings.db_statement_timeout + CLIENT_MARGIN
     with contextlib.suppress(Exception):

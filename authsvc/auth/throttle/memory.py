@@ -20,7 +20,8 @@ MEMORY_MARGIN = 0.05
 
 
 class Memory:
-    """What this process remembers as closed: ("address", a) or (key, a)."""
+    """What this process remembers as closed: ("address", a) or (key, a) for logins,
+    ("signup", a) for the signup budget."""
 
     def __init__(self, trust: float, clock: Callable[[], float]) -> None:
         self._trust = trust  # seconds a refusal is repeated before the database is asked again
@@ -30,17 +31,23 @@ class Memory:
 
     def refusal(self, key: str, address: str) -> tuple[str, float] | None:
         """The budget that refuses the pair and the seconds until it opens, if remembered."""
-        now = self._clock()
         for budget, closed in (("address", ("address", address)), ("backoff", (key, address))):
-            remembered = self.closed.get(closed)
-            if remembered is None:
-                continue
-            trusted_until, opens_at = remembered
-            if trusted_until <= now:
-                del self.closed[closed]
-                continue
-            return budget, opens_at - now
+            seconds = self.remembered(closed)
+            if seconds is not None:
+                return budget, seconds
         return None
+
+    def remembered(self, closed: tuple[str, ...]) -> float | None:
+        """The seconds until `closed` opens, while memory is trusted; else None."""
+        remembered = self.closed.get(closed)
+        if remembered is None:
+            return None
+        trusted_until, opens_at = remembered
+        now = self._clock()
+        if trusted_until <= now:
+            del self.closed[closed]
+            return None
+        return opens_at - now
 
     def remember(self, closed: tuple[str, ...], seconds: float) -> None:
         # The wait was measured at the database a round trip ago: stop trusting memory a

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from authsvc.appkeys import ACCOUNTS, CURRENT_SESSION, CURRENT_USER, POOL
+from authsvc.appkeys import ACCOUNTS, CURRENT_SESSION, CURRENT_USER, POOL, SIGNUPS
 from authsvc.db.repo import users
 from authsvc.errors import InvalidToken
 from authsvc.http.bodies import read_json
@@ -25,13 +25,15 @@ password_schema = PasswordChangeSchema()
 @routes.post("/users")
 @public
 async def signup(request: web.Request) -> web.Response:
+    address = client_address(request)
+    request.app[SIGNUPS].refuse_from_memory(address)  # an address past its budget: before the body
     data = await read_json(request, signup_schema)
     user = await request.app[ACCOUNTS].signup(
         data["email"],
         data["password"],
         data.get("first_name"),
         data.get("last_name"),
-        client_address(request),
+        address,
     )
     return web.json_response(user_json(user), status=201, headers={"Location": "/users/me"})
 
