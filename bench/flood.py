@@ -23,6 +23,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -58,17 +59,25 @@ async def _owner_logins(http: aiohttp.ClientSession, base: str, seconds: float) 
     return outcomes
 
 
-async def _attacker(base: str, seconds: float, statuses: Counter[int]) -> None:
-    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=1)
+async def _flooder(base: str, local_ip: str, path: str, body: Callable[[int], dict[str, str]], seconds: float,
+                   statuses: Counter[int]) -> None:
+    """One client posting `body(i)` to `path` back to back from `local_ip` until time is up."""
+    connector = aiohttp.TCPConnector(local_addr=(local_ip, 0), limit=1)
     async with aiohttp.ClientSession(connector=connector) as http:
         deadline = time.monotonic() + seconds
-        guess = 0
+        i = 0
         while time.monotonic() < deadline:
-            guess += 1
-            body = {"username": EMAIL, "password": f"guess-{id(statuses)}-{guess}"}
-            async with http.post(base + "/auth", json=body) as resp:
+            i += 1
+            async with http.post(base + path, json=body(i)) as resp:
                 await resp.read()
                 statuses[resp.status] += 1
+
+
+async def _attacker(base: str, seconds: float, statuses: Counter[int]) -> None:
+    def guess(i: int) -> dict[str, str]:
+        return {"username": EMAIL, "password": f"guess-{id(statuses)}-{i}"}
+
+    await _flooder(base, "127.0.0.2", "/auth", guess, seconds, statuses)
 
 
 def _attack_process(base: str, seconds: float, clients: int) -> Counter[int]:
@@ -129,16 +138,10 @@ async def _login_latencies(http: aiohttp.ClientSession, base: str, seconds: floa
 
 
 async def _signer(base: str, n: int, seconds: float, statuses: Counter[int]) -> None:
-    connector = aiohttp.TCPConnector(local_addr=(f"127.0.1.{n + 1}", 0), limit=1)
-    async with aiohttp.ClientSession(connector=connector) as http:
-        deadline = time.monotonic() + seconds
-        i = 0
-        while time.monotonic() < deadline:
-            i += 1
-            body = {"email": f"flood-{n}-{i}-{id(statuses)}@example.com", "password": PASSWORD}
-            async with http.post(base + "/users", json=body) as resp:
-                await resp.read()
-                statuses[resp.status] += 1
+    def account(i: int) -> dict[str, str]:
+        return {"email": f"flood-{n}-{i}-{id(statuses)}@example.com", "password": PASSWORD}
+
+    await _flooder(base, f"127.0.1.{n + 1}", "/users", account, seconds, statuses)
 
 
 def _signup_process(base: str, seconds: float, clients: int) -> Counter[int]:
