@@ -386,11 +386,11 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         if var.startswith(PREFIX) and var not in known and not var.startswith("AUTHSVC_TEST_"):
             raise ConfigError(var, "unknown setting (typo?)")
     values: dict[str, Any] = {}
-    for name, parse in FIELDS.items():
+    for name, parser in FIELDS.items():
         var = env_name(name)
         if var in environ:
             try:
-                values[name] = parse(environ[var])
+                values[name] = parser(environ[var])
             except ValueError as exc:
                 raise ConfigError(var, str(exc)) from None
     settings = Settings(**values)
