@@ -630,11 +630,11 @@ async def test_a_remembered_refusal_ends_before_the_database_opens(make_client):
     """Memory repeats a refusal the database measured a round trip ago: it stops a margin
     early, so an attempt right at the opening is asked of the database, never refused."""
     throttle = (await make_client()).app[THROTTLE]
-    throttle._remember(("pair@example.com", "192.0.2.1"), 1.0)
-    trusted_until, opens_at = throttle._closed[("pair@example.com", "192.0.2.1")]
+    throttle.memory.remember(("pair@example.com", "192.0.2.1"), 1.0)
+    trusted_until, opens_at = throttle.memory.closed[("pair@example.com", "192.0.2.1")]
     assert opens_at - trusted_until == pytest.approx(MEMORY_MARGIN)  # loop times: floats
-    throttle._remember(("soon@example.com", "192.0.2.1"), MEMORY_MARGIN / 2)
-    assert ("soon@example.com", "192.0.2.1") not in throttle._closed
+    throttle.memory.remember(("soon@example.com", "192.0.2.1"), MEMORY_MARGIN / 2)
+    assert ("soon@example.com", "192.0.2.1") not in throttle.memory.closed
 
 
 async def test_pruning_a_backlog_goes_in_batches_that_each_stay_short(make_client, db, monkeypatch):

@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import math
 import time
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,7 @@ from helpers import PASSWORD, Answer, attempt, login, signup, source
 from authsvc.app import create_app
 from authsvc.appkeys import HASHER, POOL, THROTTLE
 from authsvc.auth.throttle import queue as pair_queue
+from authsvc.db.repo import login_backoff
 
 EMAIL = "service@example.com"
 WRONG = "not the right password"
@@ -318,3 +320,19 @@ async def test_an_address_past_its_signup_budget_is_refused_from_memory(start):
             assert 0 < int(again.headers["Retry-After"]) <= int(first.headers["Retry-After"])
     finally:
         client.app[POOL].ready = True
+
+
+async def test_a_waiters_look_before_claiming_follows_the_claims_own_rule(db):
+    """held_full says "full" exactly when a claim with the same admission would be held."""
+    hold, window = timedelta(seconds=15), timedelta(seconds=900)
+    assert await login_backoff.claim(db, "look@example.com", "192.0.2.1", hold, window, 4) == 0
+    # One in flight on a clean pair: full for a claim admitting one, not for one admitting four.
+    assert await login_backoff.held_full(db, "look@example.com", "192.0.2.1", window, 1)
+    assert not await login_backoff.held_full(db, "look@example.com", "192.0.2.1", window, 4)
+    # With failures the pair admits one whatever is asked.
+    await db.execute("UPDATE login_backoff SET failures = 1 WHERE identifier = 'look@example.com'")
+    assert await login_backoff.held_full(db, "look@example.com", "192.0.2.1", window, 4)
+    assert await login_backoff.claim(db, "look@example.com", "192.0.2.1", hold, window, 4) is None
+    # In backoff it is not "full": the claim must be made, to be refused with the real wait.
+    await db.execute("UPDATE login_backoff SET next_attempt_at = now() + interval '1 minute'")
+    assert not await login_backoff.held_full(db, "look@example.com", "192.0.2.1", window, 4)

@@ -36,12 +36,16 @@ RELEASE_WITHIN = CLAIM_HOLD.total_seconds() - 2.0
 
 
 class Refused(Exception):
-    def __init__(self, budget: str) -> None:
+    def __init__(self, budget: str, parallel: int = 1) -> None:
         self.budget = budget
+        self.parallel = parallel  # what the pair was asked to admit (for a Held)
 
 
 class Held(Exception):
     """The pair has as many attempts in flight as it admits (on another replica, or ours)."""
+
+    def __init__(self, parallel: int) -> None:
+        self.parallel = parallel  # what the claim asked the pair to admit: the look repeats it
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ async def claim(
     shared = shared_parallel if known else 1
     failures = await login_backoff.claim(conn, key, address, CLAIM_HOLD, lim.failure_window, shared)
     if failures is None:
-        raise Refused("backoff")
+        raise Refused("backoff", shared)
     admitted = parallel if known and failures == 0 else 1
     if known:
         return Claim(account_counted=False, parallel=admitted)
@@ -83,7 +87,7 @@ async def after_refusal(conn: asyncpg.Connection, lim: Limits, refused: Refused,
         return await login_budgets.seconds_until_token(conn, "account", key, lim.account.capacity, lim.account.rate)
     closed = await login_backoff.closed_for(conn, key, address)
     if not closed.backoff:
-        raise Held()
+        raise Held(refused.parallel)
     return closed.seconds
 
 

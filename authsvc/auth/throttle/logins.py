@@ -77,13 +77,6 @@ class LoginThrottle:
         """Claims an outage left held are still to be given back (or being given back now)."""
         return self.outage.owed
 
-    @property
-    def _closed(self) -> dict[tuple[str, ...], tuple[float, float]]:
-        return self.memory.closed
-
-    def _remember(self, closed: tuple[str, ...], seconds: float) -> None:
-        self.memory.remember(closed, seconds)
-
     async def give_back_unreturned(self) -> None:
         await self.outage.give_back()
 
@@ -101,11 +94,11 @@ class LoginThrottle:
             await self.outage.give_back()
         pair = self.turns.pair(key, address)
         deadline = self.turns.deadline()
-        held_elsewhere = False
+        held: Held | None = None  # the last claim found the pair full of others' attempts
         try:
             while True:
                 if pair.active < pair.limit:
-                    if held_elsewhere and await self._held_full(key, address):
+                    if held is not None and await self._held_full(key, address, held.parallel):
                         # Look before claiming: a claim locks the address row the attempts
                         # in flight need for their outcome, a look locks nothing.
                         await self._wait_turn(pair, identifier, address, deadline, HELD_POLL)
@@ -113,12 +106,12 @@ class LoginThrottle:
                     pair.active += 1
                     try:
                         return await self._claim_turn(pair, identifier, key, address)
-                    except Held:
+                    except Held as full:
+                        held = full
                         pair.release()  # another replica's attempts: look again shortly, or when ours end
                     except BaseException:
                         pair.release()
                         raise
-                    held_elsewhere = True
                     await self._wait_turn(pair, identifier, address, deadline, HELD_POLL)
                 else:
                     await self._wait_turn(pair, identifier, address, deadline, None)
@@ -134,9 +127,9 @@ class LoginThrottle:
             self.refusals.add(identifier, address, "queue")
             raise TooManyAttempts(1) from None
 
-    async def _held_full(self, key: str, address: str) -> bool:
+    async def _held_full(self, key: str, address: str, parallel: int) -> bool:
         async with self.pool.acquire() as conn:
-            return await login_backoff.held_full(conn, key, address, self.shared_parallel)
+            return await login_backoff.held_full(conn, key, address, self.limits.failure_window, parallel)
 
     async def _claim_turn(self, pair: Pair, identifier: str, key: str, address: str) -> Attempt:
         claimed: Claim | None = None

@@ -26,7 +26,18 @@ class Closed:
 
 
 # Failures older than the window are forgotten: the pair counts as clean again.
-FAILURES = "CASE WHEN b.updated_at < now() - $4::interval THEN 0 ELSE b.failures END"
+def _failures(forget_after: str) -> str:
+    return f"CASE WHEN b.updated_at < now() - {forget_after}::interval THEN 0 ELSE b.failures END"
+
+
+def _room(forget_after: str, parallel: str) -> str:
+    """Whether the pair admits one more attempt now (backoff aside): the claim's rule, which
+    the waiters' look repeats."""
+    return (
+        f"(b.held_until <= now() OR b.in_flight < CASE WHEN {_failures(forget_after)} = 0 THEN {parallel} ELSE 1 END)"
+    )
+
+
 # After a success or failure: one claim fewer in flight; the hold ends with the last one.
 DONE = """in_flight = greatest(in_flight - 1, 0),
           held_until = CASE WHEN in_flight <= 1 THEN least(held_until, now()) ELSE held_until END"""
@@ -45,12 +56,12 @@ async def claim(
         INSERT INTO login_backoff AS b (identifier, address, held_until, in_flight)
         VALUES ($1, $2, now() + $3::interval, 1)
         ON CONFLICT (identifier, address) DO UPDATE
-           SET failures = {FAILURES},
+           SET failures = {_failures("$4")},
                in_flight = CASE WHEN b.held_until <= now() THEN 1 ELSE b.in_flight + 1 END,
                held_until = now() + $3::interval,
                updated_at = now()
          WHERE b.next_attempt_at <= now()
-           AND (b.held_until <= now() OR b.in_flight < CASE WHEN {FAILURES} = 0 THEN $5 ELSE 1 END)
+           AND {_room("$4", "$5")}
         RETURNING failures
         """,
         identifier,
@@ -61,17 +72,20 @@ async def claim(
     )
 
 
-async def held_full(conn: asyncpg.Connection, identifier: str, address: str, parallel: int) -> bool:
-    """Whether the pair has `parallel` attempts (or more) in flight and no backoff: a plain
-    read, which locks nothing, for a waiter to look before it claims."""
+async def held_full(
+    conn: asyncpg.Connection, identifier: str, address: str, forget_after: timedelta, parallel: int
+) -> bool:
+    """Whether a claim with this `parallel` would find the pair full of attempts in flight (and
+    not in backoff): a plain read, which locks nothing, for a waiter to look before it claims."""
     return bool(
         await conn.fetchval(
-            """
-            SELECT held_until > now() AND next_attempt_at <= now() AND in_flight >= $3
-              FROM login_backoff WHERE identifier = $1 AND address = $2
+            f"""
+            SELECT b.next_attempt_at <= now() AND NOT {_room("$3", "$4")}
+              FROM login_backoff b WHERE b.identifier = $1 AND b.address = $2
             """,
             identifier,
             address,
+            forget_after,
             parallel,
         )
     )
