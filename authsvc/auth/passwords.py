@@ -53,18 +53,18 @@ class PasswordHasher:
     def __init__(self, pepper: str, rounds: int, workers: int, queue: int) -> None:
         self._pepper = pepper.encode("utf-8")
         self.rounds = rounds
-        # One pool a lane; _turn keeps the threads running at once to `workers` in all.
+        # Threads each lane may occupy; checks may take them all.
+        self._lane_max = {CHECK: workers, HASH: max(1, workers - 1)}
+        # One pool a lane, of that size; _turn keeps the threads running at once to `workers`.
         self._executors = {
-            CHECK: ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bcrypt"),
+            CHECK: ThreadPoolExecutor(max_workers=self._lane_max[CHECK], thread_name_prefix="bcrypt"),
             HASH: ThreadPoolExecutor(
-                max_workers=max(1, workers - 1), thread_name_prefix="bcrypt-new", initializer=_lower_priority
+                max_workers=self._lane_max[HASH], thread_name_prefix="bcrypt-new", initializer=_lower_priority
             ),
         }
         self._workers = workers
         self._limit = workers + queue
         self._in_flight = 0
-        # Threads each lane may occupy; checks may take them all.
-        self._lane_max = {CHECK: workers, HASH: max(1, workers - 1)}
         self._lane_running = {CHECK: 0, HASH: 0}
         self._queued: dict[str, collections.deque[asyncio.Future[None]]] = {
             CHECK: collections.deque(),
