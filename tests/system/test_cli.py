@@ -94,10 +94,12 @@ async def test_migrate_waits_for_a_database_that_comes_up_late():
             text=True,
         )
         try:
-            await asyncio.sleep(2)
+            # Started only once the job has said it is waiting: no fixed sleep to guess at.
+            said = await asyncio.to_thread(_read_until, proc, "database not up yet")
             assert proc.poll() is None, proc.communicate()  # still trying
             await asyncio.to_thread(cluster.start)
-            out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+            out, rest = await asyncio.to_thread(proc.communicate, timeout=60)
+            err = said + rest
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -106,6 +108,17 @@ async def test_migrate_waits_for_a_database_that_comes_up_late():
     assert f"{len(migrate.discover())} migration(s) applied" in out
     assert err.count("database not up yet") == 1, err  # said once, not at every try
     assert "Traceback" not in err
+
+
+def _read_until(proc: subprocess.Popen[str], words: str) -> str:
+    """The process's stderr up to and including the first line holding `words`."""
+    assert proc.stderr is not None
+    seen = ""
+    while words not in seen:
+        line = proc.stderr.readline()
+        assert line, f"stderr ended before {words!r}: {seen}"
+        seen += line
+    return seen
 
 
 def _misconfigured(url: str, problem: str) -> str:

@@ -130,6 +130,14 @@ async def _ready_within(client: TestClient, seconds: float) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _until(seen: Callable[[], bool], seconds: float = 10) -> None:
+    """Waits until `seen()`: load phases end on what was answered, not on a guessed sleep."""
+    deadline = time.monotonic() + seconds
+    while not seen():
+        assert time.monotonic() < deadline, "the load never got there"
+        await asyncio.sleep(0.01)
+
+
 def _db_log(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "authsvc.db.pool" and words in r.getMessage()]
 
@@ -368,13 +376,17 @@ async def test_restart_under_load_loses_nothing_and_counts_no_failures(running, 
                 results.append((kind, resp.status, (body.get("id"), text)))
             assert resp.status < 500 or resp.status == 503, (kind, resp.status, await resp.text())
 
+    def answered(status: int) -> int:
+        return sum(1 for _, s, _ in results if s == status)
+
     async def crash_and_restart() -> None:
-        await asyncio.sleep(0.4)
+        await _until(lambda: len(results) >= 10 * workers)
         await asyncio.to_thread(running.stop, "immediate")
-        await asyncio.sleep(0.5)
+        await _until(lambda: answered(503) >= workers)
         await asyncio.to_thread(running.start)
         await _ready_within(client, 10)
-        await asyncio.sleep(0.5)  # some load after the recovery
+        recovered = len(results)
+        await _until(lambda: len(results) >= recovered + 10 * workers)  # some load after the recovery
         stop_load.set()
 
     await asyncio.gather(crash_and_restart(), *(worker(i) for i in range(workers)))
@@ -442,14 +454,14 @@ async def test_stopping_the_server_under_read_load_answers_503_never_500(running
 
     async def stop_and_start() -> None:
         nonlocal phase
-        await asyncio.sleep(0.5)
+        await _until(lambda: statuses[("before", 200)] >= 160)
         phase = "outage"
         await asyncio.to_thread(running.stop, "fast")
-        await asyncio.sleep(0.5)
+        await _until(lambda: statuses[("outage", 503)] >= 16)
         await asyncio.to_thread(running.start)
         await _ready_within(client, 10)
         phase = "after"
-        await asyncio.sleep(0.5)  # load after the recovery
+        await _until(lambda: statuses[("after", 200)] >= 160)  # load after the recovery
         stop_load.set()
 
     await asyncio.gather(stop_and_start(), *(reader(i) for i in range(16)))
