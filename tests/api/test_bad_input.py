@@ -380,10 +380,14 @@ async def test_sql_metacharacters_in_todos_names_and_passwords_are_data(
     client: TestClient, auth: dict[str, str], db: asyncpg.Connection
 ) -> None:
     await signup(client, "other@example.com", first_name="unchanged")
-    text = "'); DELETE FROM todos; --"
-    resp = await client.post("/todos", json={"text": text}, headers=auth)
-    assert resp.status == 201
-    assert (await resp.json())["text"] == text
+    texts = ["'); DELETE FROM todos; --", "'; DROP TABLE todos; -- \" \\ %_ $1"]
+    for text in texts:
+        resp = await client.post("/todos", json={"text": text}, headers=auth)
+        assert resp.status == 201
+        created = await resp.json()
+        assert created["text"] == text
+        resp = await client.get(f"/todos/{created['id']}", headers=auth)
+        assert (await resp.json())["text"] == text
 
     resp = await client.patch("/users/me", json={"last_name": "x' WHERE 1=1; --"}, headers=auth)
     assert resp.status == 200
@@ -398,30 +402,11 @@ async def test_sql_metacharacters_in_todos_names_and_passwords_are_data(
     # Only the caller's own rows changed.
     other = await db.fetchrow("SELECT first_name, last_name FROM users WHERE email = 'other@example.com'")
     assert tuple(other) == ("unchanged", None)
-    assert await db.fetchval("SELECT text FROM todos") == text
+    # The table is still there and holds the texts as sent.
+    assert [r["text"] for r in await db.fetch("SELECT text FROM todos ORDER BY id")] == texts
 
 
-# --- ids that name no todo ---
-
-BAD_IDS = ["abc", "0", "-1", "1.5", "1e3", "+1", "%20", "%ff", "\u0661"]
-BAD_IDS += ["9223372036854775807", "9223372036854775808", "9" * 40]
-
-
-@pytest.mark.parametrize("method", ["GET", "PATCH", "PUT", "DELETE"])
-async def test_malformed_or_huge_todo_id_is_404(
-    client: TestClient, auth: dict[str, str], todo_id: int, db: asyncpg.Connection, method: str
-) -> None:
-    # Letters, zero, negative, decimal, exponent, sign, space, a bad escape, an Arabic-Indic digit,
-    # the largest bigint (valid, but no such todo), one past it, and 40 digits.
-    before = await snapshot(db)
-    for raw_id in BAD_IDS:
-        resp = await client.request(method, f"/todos/{raw_id}", json={"text": "t", "completed": True}, headers=auth)
-        body = await error_body(resp)
-        assert (resp.status, body["error"]) == (404, "not_found"), raw_id
-    assert await snapshot(db) == before
-
-
-# --- routing ---
+# --- routing (ids that name no todo: tests/api/test_todos.py) ---
 
 
 @pytest.mark.parametrize(

@@ -474,6 +474,8 @@ async def test_unknown_user_and_wrong_password_answer_identically(client, path):
     assert_failed(wrong, path)
     assert (unknown.status, unknown.body) == (wrong.status, wrong.body)
     assert same_headers(unknown) == same_headers(wrong)
+    if path == "/auth":  # a 401 always carries a challenge (RFC 9110 15.5.2)
+        assert wrong.headers["WWW-Authenticate"] == 'Bearer realm="authsvc"'
 
 
 async def test_a_right_password_on_a_closed_key_gets_what_a_wrong_one_gets(make_client):

@@ -121,16 +121,6 @@ async def test_create_accepts_text_of_exactly_1000_characters(client, auth):
     assert todo["text"] == "x" * 1000
 
 
-async def test_text_with_sql_metacharacters_is_stored_verbatim(client, auth, database_url):
-    text = "'; DROP TABLE todos; -- \" \\ %_ $1"
-    todo = await create(client, auth, text)
-    assert todo["text"] == text
-    resp = await client.get(f"/todos/{todo['id']}", headers=auth)
-    assert (await resp.json())["text"] == text
-    # The table is still there and holds the text as sent.
-    assert [r["text"] for r in await db_todos(database_url)] == [text]
-
-
 async def test_unicode_text_is_stored_verbatim(client, auth, database_url):
     text = "café ☕ 🎉 日本語 \t tabs  and  spaces "
     todo = await create(client, auth, text)
@@ -472,6 +462,11 @@ BAD_IDS = [
     "1 OR 1=1",
     "1; DROP TABLE todos; --",
     "%00",
+    "%20",
+    "%ff",
+    "1.5",
+    "\u0661",  # one Arabic-Indic digit
+    "9" * 40,
 ]
 
 
@@ -481,7 +476,8 @@ async def test_ids_that_name_no_todo_are_404_for_every_method(client, auth, data
     before = await db_todos(database_url)
     _, reference = await _missing_answer(client, auth, "GET", todo["id"] + 1000)
     for method in ("GET", "PATCH", "PUT", "DELETE"):
-        body = {"text": "x", "completed": True} if method in ("PATCH", "PUT") else None
+        # A body on every method: even one a GET or DELETE should not have changes no answer.
+        body = {"text": "x", "completed": True}
         resp = await client.request(method, f"/todos/{raw_id}", json=body, headers=auth)
         answer = await expect_error(resp, 404, "not_found")
         assert answer == reference, (method, raw_id)
