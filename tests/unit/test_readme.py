@@ -12,8 +12,8 @@ import unicodedata
 from pathlib import Path
 
 from authsvc import settings as config
-from authsvc.settings import table as settings_doc
 from authsvc.cli import main as cli
+from authsvc.settings import table as settings_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
