@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -17,6 +19,14 @@ COMMON = ["password", "12345678", "qwertyuiop", "Password1"]
 POLICY_EMAIL = "grace.hopper@example.com"
 FIRST, LAST = "Ermengarde", "Quillfeather"
 OWN_WORDS = [POLICY_EMAIL, "grace.hopper", FIRST, LAST, "Quillfeather1"]
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Waits until `condition()`: a test moves on at an event, not after a guessed sleep."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -7,14 +7,13 @@ import collections
 import ipaddress
 import math
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from helpers import PASSWORD, Answer, attempt, login, signup, source
+from helpers import PASSWORD, Answer, attempt, login, signup, source, wait_for
 
 from authsvc.appkeys import HASHER, POOL, SETTINGS, THROTTLE
 from authsvc.auth.throttle import MEMORY_MARGIN, Limits
@@ -61,13 +60,6 @@ async def recorded(client: TestClient, db: asyncpg.Connection) -> list[tuple]:
 
 async def last_event(client: TestClient, db: asyncpg.Connection) -> tuple:
     return (await recorded(client, db))[-1]
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 # --- backoff under parallel guessing ---

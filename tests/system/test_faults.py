@@ -23,7 +23,7 @@ import asyncpg
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
-from helpers import PASSWORD, bearer, login, signup
+from helpers import PASSWORD, bearer, login, signup, wait_for
 from servers import Cluster, quick_settings, serving, temporary_cluster
 
 from authsvc.app import create_app
@@ -128,14 +128,6 @@ async def _ready_within(client: TestClient, seconds: float) -> None:
     while (await client.get("/readyz")).status != 200:
         assert time.monotonic() < deadline, "not ready again in time"
         await asyncio.sleep(0.05)
-
-
-async def _until(seen: Callable[[], bool], seconds: float = 10) -> None:
-    """Waits until `seen()`: load phases end on what was answered, not on a guessed sleep."""
-    deadline = time.monotonic() + seconds
-    while not seen():
-        assert time.monotonic() < deadline, "the load never got there"
-        await asyncio.sleep(0.01)
 
 
 def _db_log(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
@@ -380,13 +372,13 @@ async def test_restart_under_load_loses_nothing_and_counts_no_failures(running, 
         return sum(1 for _, s, _ in results if s == status)
 
     async def crash_and_restart() -> None:
-        await _until(lambda: len(results) >= 10 * workers)
+        await wait_for(lambda: len(results) >= 10 * workers, 10, "load before the stop")
         await asyncio.to_thread(running.stop, "immediate")
-        await _until(lambda: answered(503) >= workers)
+        await wait_for(lambda: answered(503) >= workers, 10, "503s during the outage")
         await asyncio.to_thread(running.start)
         await _ready_within(client, 10)
         recovered = len(results)
-        await _until(lambda: len(results) >= recovered + 10 * workers)  # some load after the recovery
+        await wait_for(lambda: len(results) >= recovered + 10 * workers, 10, "load after the recovery")
         stop_load.set()
 
     await asyncio.gather(crash_and_restart(), *(worker(i) for i in range(workers)))
@@ -454,14 +446,14 @@ async def test_stopping_the_server_under_read_load_answers_503_never_500(running
 
     async def stop_and_start() -> None:
         nonlocal phase
-        await _until(lambda: statuses[("before", 200)] >= 160)
+        await wait_for(lambda: statuses[("before", 200)] >= 160, 10, "load before the stop")
         phase = "outage"
         await asyncio.to_thread(running.stop, "fast")
-        await _until(lambda: statuses[("outage", 503)] >= 16)
+        await wait_for(lambda: statuses[("outage", 503)] >= 16, 10, "503s during the outage")
         await asyncio.to_thread(running.start)
         await _ready_within(client, 10)
         phase = "after"
-        await _until(lambda: statuses[("after", 200)] >= 160)  # load after the recovery
+        await wait_for(lambda: statuses[("after", 200)] >= 160, 10, "load after the recovery")
         stop_load.set()
 
     await asyncio.gather(stop_and_start(), *(reader(i) for i in range(16)))
