@@ -49,12 +49,14 @@ def test_bad_setting_stops_start_with_one_line(var, value):
 
 
 def test_external_database_without_secrets_is_refused(database_url, tmp_path):
-    result = run_command("serve", AUTHSVC_DATABASE_URL=database_url, AUTHSVC_DATA_DIR=str(tmp_path))
+    # A port of its own: the port is taken before the secrets are looked at, and 8080 may be busy.
+    port = str(free_port())
+    result = run_command("serve", "--port", port, AUTHSVC_DATABASE_URL=database_url, AUTHSVC_DATA_DIR=str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.startswith("authsvc: AUTHSVC_SIGNING_KEYS_FILE: no signing keys")
     assert "Traceback" not in result.stderr
     hs256 = run_command(
-        "serve", AUTHSVC_DATABASE_URL=database_url, AUTHSVC_DATA_DIR=str(tmp_path), AUTHSVC_TOKEN_ALGORITHM="HS256"
+        "serve", "--port", port, AUTHSVC_DATABASE_URL=database_url, AUTHSVC_DATA_DIR=str(tmp_path), AUTHSVC_TOKEN_ALGORITHM="HS256"
     )
     assert hs256.returncode == 2
     assert hs256.stderr.startswith("authsvc: AUTHSVC_TOKEN_SECRET: not set")
