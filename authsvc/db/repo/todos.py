@@ -5,7 +5,11 @@ from datetime import datetime
 
 import asyncpg
 
+from authsvc.db.repo.sessions import LIVE_USER, LiveSession, SessionNotLive
+
 COLUMNS = "id, owner_id, text, completed, created_at, updated_at"
+# What a client is shown of a todo, in the order of its answer (schemas.todo_json).
+SHOWN = "id, text, completed, created_at, updated_at"
 
 
 @dataclass(frozen=True)
@@ -33,21 +37,44 @@ async def insert(conn: asyncpg.Connection, owner_id: int, text: str, completed: 
 
 
 async def select_page(
-    conn: asyncpg.Connection, owner_id: int, limit: int, offset: int, completed: bool | None
-) -> list[Todo]:
+    conn: asyncpg.Connection, live: LiveSession, limit: int, offset: int, completed: bool | None
+) -> list[asyncpg.Record]:
+    """A page of the session's user's todos, SHOWN columns, in one statement with the session
+    check: no row at all means the session is not live (SessionNotLive); a row of NULLs, an
+    empty page."""
     rows = await conn.fetch(
         f"""
-        SELECT {COLUMNS} FROM todos
-         WHERE owner_id = $1 AND ($2::boolean IS NULL OR completed = $2)
-         ORDER BY id
-         LIMIT $3 OFFSET $4
+        WITH me AS ({LIVE_USER})
+        SELECT t.* FROM me LEFT JOIN LATERAL (
+            SELECT {SHOWN} FROM todos
+             WHERE owner_id = me.id AND ($4::boolean IS NULL OR completed = $4)
+             ORDER BY id
+             LIMIT $5 OFFSET $6) t ON true
+         ORDER BY t.id
         """,
-        owner_id,
+        *live.params,
         completed,
         limit,
         offset,
     )
-    return [Todo(**r) for r in rows]
+    if not rows:
+        raise SessionNotLive()
+    return [] if rows[0]["id"] is None else rows
+
+
+async def select_shown(conn: asyncpg.Connection, live: LiveSession, todo_id: int) -> asyncpg.Record | None:
+    """One of the session's user's todos (SHOWN columns), checked with the session as select_page."""
+    row = await conn.fetchrow(
+        f"""
+        WITH me AS ({LIVE_USER})
+        SELECT t.{SHOWN.replace(", ", ", t.")} FROM me LEFT JOIN todos t ON t.owner_id = me.id AND t.id = $4
+        """,
+        *live.params,
+        todo_id,
+    )
+    if row is None:
+        raise SessionNotLive()
+    return None if row["id"] is None else row
 
 
 # Every statement below is scoped by owner: another user's todo is simply not found.
