@@ -216,12 +216,17 @@ class _Acquire:
         # a task per acquire, which cost about 5% of a simple read's CPU time.
         self._ctx = db.pool.acquire()
         try:
-            async with asyncio.timeout(db._settings.db_acquire_timeout):
+            if db.pool.get_idle_size():
+                # A live connection waits in the pool's queue (which hands those out first):
+                # taken at once, so no timer to arm and cancel.
                 self._conn: asyncpg.Connection = await self._ctx.__aenter__()
-                return self._conn
+            else:
+                async with asyncio.timeout(db._settings.db_acquire_timeout):
+                    self._conn = await self._ctx.__aenter__()
         except UNAVAILABLE_ERRORS as exc:
             await db.failed(exc)
             raise
+        return self._conn
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
