@@ -36,14 +36,9 @@ async def insert(conn: asyncpg.Connection, owner_id: int, text: str, completed: 
     return Todo(**row)
 
 
-async def select_page(
-    conn: asyncpg.Connection, live: LiveSession, limit: int, offset: int, completed: bool | None
-) -> list[asyncpg.Record]:
-    """A page of the session's user's todos, SHOWN columns, in one statement with the session
-    check: no row at all means the session is not live (SessionNotLive); a row of NULLs, an
-    empty page."""
-    rows = await conn.fetch(
-        f"""
+# A page of the session's user's todos (SHOWN columns) with the session check, one statement:
+# $1-$3 are LiveSession.params, then completed (NULL: all), limit, offset.
+PAGE = f"""
         WITH me AS ({LIVE_USER})
         SELECT t.* FROM me LEFT JOIN LATERAL (
             SELECT {SHOWN} FROM todos
@@ -51,12 +46,15 @@ async def select_page(
              ORDER BY id
              LIMIT $5 OFFSET $6) t ON true
          ORDER BY t.id
-        """,
-        *live.params,
-        completed,
-        limit,
-        offset,
-    )
+"""
+
+
+async def select_page(
+    conn: asyncpg.Connection, live: LiveSession, limit: int, offset: int, completed: bool | None
+) -> list[asyncpg.Record]:
+    """No row at all means the session is not live (SessionNotLive); a row of NULLs, an
+    empty page."""
+    rows = await conn.fetch(PAGE, *live.params, completed, limit, offset)
     if not rows:
         raise SessionNotLive()
     return [] if rows[0]["id"] is None else rows
