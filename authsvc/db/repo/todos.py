@@ -33,17 +33,26 @@ async def insert(conn: asyncpg.Connection, owner_id: int, text: str, completed: 
 
 
 async def select_page(
-    conn: asyncpg.Connection, owner_id: int, limit: int, offset: int, completed: bool | None
+    conn: asyncpg.Connection,
+    owner_id: int,
+    *,
+    limit: int,
+    after: int | None = None,
+    offset: int = 0,
+    completed: bool | None = None,
 ) -> list[Todo]:
+    """Up to `limit` of the owner's todos in id order: those with an id above `after` (a keyset
+    cursor, as cheap at any depth), less the first `offset` of them (each one skipped is read)."""
     rows = await conn.fetch(
         f"""
         SELECT {COLUMNS} FROM todos
-         WHERE owner_id = $1 AND ($2::boolean IS NULL OR completed = $2)
+         WHERE owner_id = $1 AND id > $3 AND ($2::boolean IS NULL OR completed = $2)
          ORDER BY id
-         LIMIT $3 OFFSET $4
+         LIMIT $4 OFFSET $5
         """,
         owner_id,
         completed,
+        0 if after is None else after,  # ids start at 1: no cursor is "after 0"
         limit,
         offset,
     )
