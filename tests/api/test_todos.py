@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from helpers import bearer, login, signup
 
 from authsvc.auth.ids import MAX_ID
+from authsvc.db.repo import todos
 from authsvc.db.repo.todos import Todo
 from authsvc.db.repo.users import User
 from authsvc.http.schemas import (
@@ -464,6 +466,69 @@ async def test_offset_is_capped_and_the_refusal_points_to_after(client, auth):
         body = await expect_error(await client.get(f"/todos?offset={offset}", headers=auth), 422, "validation_failed")
         assert list(body["details"]) == ["offset"]
         assert str(MAX_OFFSET) in body["details"]["offset"][0] and "after" in body["details"]["offset"][0]
+
+
+class Recording:
+    """A connection that keeps the statements a repo function sends through it."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        self.sent.append((query, args))
+        return await self.conn.fetch(query, *args)
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for child in plan.get("Plans", []) for n in _plan_nodes(child))]
+
+
+def _literal(value: Any) -> str:
+    return "NULL" if value is None else str(value).lower() if isinstance(value, bool) else str(int(value))
+
+
+async def test_every_page_is_one_short_range_of_the_owner_index(client, auth, other, database_url):
+    """EXPLAIN of the very statement select_page sends, on a table where the owner's todos come
+    first and last with everyone else's between (as an account used, left and came back):
+    for each completed filter, at the first page, across the gap and at the end, both in the
+    plan for those values and in the generic plan a prepared statement settles on, the rows
+    come in order from todos_owner_id_idx, scanned from the cursor on, and a page reads a
+    handful of blocks. Written as `owner_id = $1 AND id > $3`, the generic plan walks the
+    primary key from the cursor through all of the other users' todos: some 300 blocks for
+    the page across the gap, where this reads at most 6."""
+    owner = await user_id(database_url, "owner@example.com")
+    them = await user_id(database_url, "other@example.com")
+    early = await insert_todos(database_url, owner, 400)
+    await insert_todos(database_url, them, 24_000)
+    late = await insert_todos(database_url, owner, 400)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("ANALYZE todos")
+        for completed in (None, True, False):
+            for after in (0, early[-10], late[-1]):
+                recording = Recording(conn)
+                page = await todos.select_page(recording, owner, limit=50, after=after, completed=completed)
+                assert all(t.owner_id == owner and t.id > after for t in page)
+                ((sql, args),) = recording.sent
+                custom = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
+                await conn.execute(f"PREPARE page AS {sql}")
+                await conn.execute("SET plan_cache_mode = force_generic_plan")
+                execute = f"EXECUTE page({', '.join(map(_literal, args))})"
+                generic = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {execute}")
+                await conn.execute("RESET plan_cache_mode; DEALLOCATE page")
+                for kind, plan in (("custom", custom), ("generic", generic)):
+                    nodes = _plan_nodes(json.loads(plan)[0]["Plan"])
+                    where = (completed, after, kind)
+                    scans = [n for n in nodes if "Scan" in n["Node Type"]]
+                    assert [(n["Node Type"], n.get("Index Name")) for n in scans] == [
+                        ("Index Scan", "todos_owner_id_idx")
+                    ], (where, nodes)
+                    assert not [n for n in nodes if n["Node Type"] == "Sort"], where
+                    blocks = nodes[0]["Shared Hit Blocks"] + nodes[0]["Shared Read Blocks"]
+                    assert blocks <= 12, (where, blocks)
+    finally:
+        await conn.close()
 
 
 # --- update ---
