@@ -334,6 +334,10 @@ def test_successes_match_the_document(live_url: str) -> None:
     conforms("PATCH", "/users/me", http.patch(f"{url}/users/me", json={"first_name": "Fuzz"}, headers=auth))
     todo = conforms("POST", "/todos", http.post(f"{url}/todos", json={"text": "checked"}, headers=auth)).json()
     conforms("GET", "/todos", http.get(f"{url}/todos?completed=false", headers=auth))
+    # A full page: its Link header to the next one, followed, as documented.
+    first = conforms("GET", "/todos", http.get(f"{url}/todos?limit=1", headers=auth))
+    assert first.links["next"]["url"].startswith("/todos?after="), first.headers
+    conforms("GET", "/todos", http.get(url + first.links["next"]["url"], headers=auth))
     one = f"{url}/todos/{todo['id']}"
     conforms("GET", TODO_PATH, http.get(one, headers=auth))
     conforms("PUT", TODO_PATH, http.put(one, json={"text": "again", "completed": True}, headers=auth))
