@@ -56,10 +56,11 @@ class _Recorder:
         return []
 
 
-def _statement(call: Any, *args: Any) -> tuple[str, list[int]]:
-    """The SQL text a repo function sends, and where each of our arguments goes in it."""
+def _statement(call: Any, *args: Any, **kwargs: Any) -> tuple[str, list[int]]:
+    """The SQL text a repo function sends, and where each of our arguments (positional, then
+    keyword in the order given) goes in it."""
     recorder = _Recorder()
-    coro = call(recorder, *args)
+    coro = call(recorder, *args, **kwargs)
     try:
         coro.send(None)  # the recorder never suspends: the call ends in StopIteration
     except StopIteration:
@@ -67,15 +68,19 @@ def _statement(call: Any, *args: Any) -> tuple[str, list[int]]:
     else:
         coro.close()
         raise RuntimeError(f"{call.__qualname__} awaited something else than its statement")
-    order = [next(i for i, sent in enumerate(args) if sent is arg) for arg in recorder.args]
+    given = [*args, *kwargs.values()]
+    order = [next(i for i, sent in enumerate(given) if sent is arg) for arg in recorder.args]
     return recorder.query, order
 
 
 def _statements() -> tuple[tuple[str, list[int]], tuple[str, list[int]]]:
     from authsvc.db.repo import sessions, todos
 
-    marks = [object() for _ in range(4)]
-    return _statement(sessions.select_session_user, *marks[:3]), _statement(todos.select_page, *marks)
+    marks = [object() for _ in range(5)]
+    page = _statement(
+        todos.select_page, marks[0], limit=marks[1], after=marks[2], offset=marks[3], completed=marks[4]
+    )
+    return _statement(sessions.select_session_user, *marks[:3]), page
 
 
 (SESSION_USER_SQL, SESSION_USER_ORDER), (TODO_PAGE_SQL, TODO_PAGE_ORDER) = _statements()
@@ -169,7 +174,7 @@ def create_app(config: Config) -> web.Application:
             row = await conn.fetchrow(SESSION_USER_SQL, *session_args)
             if row is None:
                 return unauthorized
-            rows = await conn.fetch(TODO_PAGE_SQL, *_bind(TODO_PAGE_ORDER, row["id"], PAGE_LIMIT, 0, None))
+            rows = await conn.fetch(TODO_PAGE_SQL, *_bind(TODO_PAGE_ORDER, row["id"], PAGE_LIMIT, 0, 0, None))
         return web.json_response([todo_json(r) for r in rows])
 
     async def readyz(request: web.Request) -> web.Response:
