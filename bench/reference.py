@@ -120,7 +120,7 @@ def create_app(config: Config) -> web.Application:
         if claims is None:
             return unauthorized
         async with request.app[POOL].acquire() as conn:
-            rows = await conn.fetch(PAGE, uuid.UUID(claims["sid"]), int(claims["sub"]), idle, None, PAGE_LIMIT, 0)
+            rows = await conn.fetch(PAGE, uuid.UUID(claims["sid"]), int(claims["sub"]), idle, None, 0, PAGE_LIMIT, 0)
         if not rows:
             return unauthorized
         return web.json_response([todo_json(r) for r in rows if r["id"] is not None])

@@ -50,6 +50,7 @@ ROUTES = [
     ("GET", "/users/me", None, 1),
     ("GET", "/todos", None, 1),
     ("GET", "/todos?limit=5&completed=false", None, 1),
+    ("GET", "/todos?after=5&limit=5", None, 1),
     ("GET", "/todos/{id}", None, 1),
     ("PATCH", "/todos/{id}", {"completed": True}, 2),
     ("POST", "/todos", {"text": "more"}, 2),
