@@ -169,7 +169,7 @@ async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
         DELETE FROM login_backoff WHERE ctid = ANY(ARRAY(
             SELECT ctid FROM login_backoff
              WHERE updated_at < now() - $1::interval AND next_attempt_at < now() AND held_until < now()
-             LIMIT $2 FOR UPDATE SKIP LOCKED))
+             ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED))
         """,
         older_than,
     )
