@@ -17,6 +17,7 @@ time there).
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import uuid
@@ -180,9 +181,15 @@ async def exercise(conn: asyncpg.Connection, s: Sample, settings: Settings | Non
         # Every authenticated request, and the todos.
         ("request", "sessions.select_session_user", True, True,
          lambda c: session_repo.select_session_user(c, s.session_id, s.user_id, idle)),
-        ("request", "todos.select_page", True, True, lambda c: todos.select_page(c, s.user_id, 20, 0, None)),
-        ("request", "todos.select_page (deepest, completed=false)", True, True,
-         lambda c: todos.select_page(c, s.user_id, 20, max(0, s.todo_count - 20), False)),
+        ("request", "todos.select_page", True, True,
+         lambda c: todos.select_page(c, s.user_id, limit=20, offset=0, completed=None)),
+        ("request", "todos.select_page (deepest by offset, completed=false)", True, True,
+         lambda c: todos.select_page(c, s.user_id, limit=20, offset=max(0, s.todo_count - 20), completed=False)),
+        *(
+            [("request", "todos.select_page (after an id)", True, True,
+              lambda c: todos.select_page(c, s.user_id, limit=20, after=s.todo_id, completed=None))]
+            if "after" in inspect.signature(todos.select_page).parameters else []  # keyset pages
+        ),
         ("request", "todos.select_one", True, True, lambda c: todos.select_one(c, s.user_id, s.todo_id)),
         ("request", "todos.insert", True, True, lambda c: todos.insert(c, s.user_id, "a new todo", False)),
         ("request", "todos.update", True, True, lambda c: todos.update(c, s.user_id, s.todo_id, None, True)),
