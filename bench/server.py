@@ -131,7 +131,8 @@ async def authsvc_service(
     """Run `authsvc serve` (with AUTHSVC_WORKERS=workers if given) until the block ends.
 
     Yields once every worker listens. Settings are AUTHSVC_* variables, e.g.
-    AUTHSVC_BCRYPT_ROUNDS="12".
+    AUTHSVC_BCRYPT_ROUNDS="12"; with a database URL, AUTHSVC_PASSWORD_PEPPER, AUTHSVC_TOKEN_SECRET
+    and AUTHSVC_SIGNING_KEYS_FILE among them are used instead of fresh ones.
     """
     with tempfile.TemporaryDirectory(prefix="authsvc-bench-") as tmp:
         data_dir = Path(tmp) / "data"
@@ -140,11 +141,11 @@ async def authsvc_service(
         if workers is not None:
             env["AUTHSVC_WORKERS"] = str(workers)
         if database_url:
-            env.update(
-                AUTHSVC_DATABASE_URL=database_url,
-                AUTHSVC_TOKEN_SECRET=secrets.token_urlsafe(48),
-                AUTHSVC_PASSWORD_PEPPER=secrets.token_urlsafe(48),
-            )
+            env["AUTHSVC_DATABASE_URL"] = database_url
+            # Secrets given as settings win: a benchmark that restarts authsvc on the same
+            # database passes its own, so the users it signed up can still log in.
+            env.setdefault("AUTHSVC_TOKEN_SECRET", secrets.token_urlsafe(48))
+            env.setdefault("AUTHSVC_PASSWORD_PEPPER", secrets.token_urlsafe(48))
             # Outside embedded mode `serve` never creates the signing key file: make it first.
             subprocess.run(
                 [sys.executable, "-m", "authsvc", "secrets", "init"], env=env, check=True, capture_output=True

@@ -648,6 +648,9 @@ async def test_pruning_a_backlog_goes_in_batches_that_each_stay_short(make_clien
         def __init__(self, conn: asyncpg.Connection) -> None:
             self.conn = conn
 
+        def is_in_transaction(self) -> bool:
+            return self.conn.is_in_transaction()
+
         async def execute(self, sql: str, *args: Any) -> str:
             status = await self.conn.execute(sql, *args)
             deleted.append(int(status.split()[-1]))

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+
+import asyncpg
 
 from authsvc.auth.throttle.claims import (
     Attempt,
@@ -32,6 +34,17 @@ from authsvc.db.repo import auth_events, known_addresses, login_backoff, login_b
 from authsvc.errors import TooManyAttempts
 
 PRUNE_EVERY = 300.0
+
+
+def prunes(lim: Limits) -> dict[str, Callable[[asyncpg.Connection], Awaitable[int]]]:
+    """What the prune loop deletes, table by table, with the ages it passes; in its order."""
+    return {
+        "login_backoff": lambda conn: login_backoff.prune(conn, lim.failure_window),
+        # A bucket untouched for a full refill period is full again: its row says nothing.
+        "login_budgets": lambda conn: login_budgets.prune(conn, max(timedelta(hours=1), lim.address_block)),
+        "known_addresses": lambda conn: known_addresses.prune(conn, lim.known_address_age),
+        "auth_events": lambda conn: auth_events.prune(conn, lim.events_kept),
+    }
 
 
 class LoginThrottle:
@@ -195,10 +208,6 @@ class LoginThrottle:
             self.sleeping -= 1
 
     async def prune(self) -> None:
-        lim = self.limits
         async with self.pool.acquire() as conn:
-            await login_backoff.prune(conn, lim.failure_window)
-            # A bucket untouched for a full refill period is full again: its row says nothing.
-            await login_budgets.prune(conn, max(timedelta(hours=1), lim.address_block))
-            await known_addresses.prune(conn, lim.known_address_age)
-            await auth_events.prune(conn, lim.events_kept)
+            for prune in prunes(self.limits).values():
+                await prune(conn)

@@ -35,7 +35,7 @@ async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
         conn,
         """
         DELETE FROM auth_events WHERE ctid = ANY(ARRAY(
-            SELECT ctid FROM auth_events WHERE at < now() - $1::interval LIMIT $2))
+            SELECT ctid FROM auth_events WHERE at < now() - $1::interval ORDER BY at LIMIT $2))
         """,
         older_than,
     )

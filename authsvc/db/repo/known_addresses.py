@@ -39,7 +39,8 @@ async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
         conn,
         """
         DELETE FROM login_known_addresses WHERE ctid = ANY(ARRAY(
-            SELECT ctid FROM login_known_addresses WHERE last_success_at < now() - $1::interval LIMIT $2 FOR UPDATE SKIP LOCKED))
+            SELECT ctid FROM login_known_addresses WHERE last_success_at < now() - $1::interval
+             ORDER BY last_success_at LIMIT $2 FOR UPDATE SKIP LOCKED))
         """,
         older_than,
     )

@@ -79,7 +79,7 @@ async def prune(conn: asyncpg.Connection, idle_for: timedelta) -> int:
         """
         DELETE FROM login_budgets WHERE ctid = ANY(ARRAY(
             SELECT ctid FROM login_budgets WHERE updated_at < now() - $1::interval AND blocked_until < now()
-             LIMIT $2 FOR UPDATE SKIP LOCKED))
+             ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED))
         """,
         idle_for,
     )

@@ -151,13 +151,15 @@ async def session_of_refresh_token(conn: asyncpg.Connection, token_hash: bytes) 
 
 
 async def prune(conn: asyncpg.Connection, older_than: timedelta) -> int:
-    """Drop sessions that ended (expired or revoked) longer ago than `older_than`."""
+    """Drop sessions that ended (expired or revoked) longer ago than `older_than`, with their
+    refresh tokens. least() passes over a NULL revoked_at: the expression of sessions_ended_at_idx."""
     return await delete_in_batches(
         conn,
         """
         DELETE FROM sessions WHERE ctid = ANY(ARRAY(
             SELECT ctid FROM sessions
-             WHERE expires_at < now() - $1::interval OR revoked_at < now() - $1::interval
+             WHERE least(expires_at, revoked_at) < now() - $1::interval
+             ORDER BY least(expires_at, revoked_at)
              LIMIT $2))
         """,
         older_than,
