@@ -24,7 +24,7 @@ from authsvc.db.pool import (
     RETRY_FIRST,
     RETRY_MAX,
     UNAVAILABLE_ERRORS,
-    check_statement_timeout,
+    check_pool_connection,
     connect_for_migrations,
 )
 from authsvc.observability import logs
@@ -120,17 +120,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     # Migrate once here rather than racing N workers for the lock; with the database away
     # (or still locked by another instance's migration after a while), the workers start
     # anyway and migrate, one at a time under the lock, once it is ready.
+    answers = True
     if settings.migrate_on_start:
         try:
             asyncio.run(_migrate(settings, within=settings.db_connect_timeout + settings.db_statement_timeout))
         except UNAVAILABLE_ERRORS as exc:  # TimeoutError included
             log.warning("database not ready at start (%s): the workers migrate when it is", type(exc).__name__)
+            answers = False
         else:
             settings = settings.replace(migrate_on_start=False)
-    if settings.db_pgbouncer:
-        # Said here in one line, rather than by every worker: no statement timeout behind PgBouncer.
-        with contextlib.suppress(*UNAVAILABLE_ERRORS):  # the workers check once it answers
-            asyncio.run(check_statement_timeout(settings))
+    if answers:
+        # Said here in one line rather than by every worker: a PgBouncer without
+        # AUTHSVC_DB_PGBOUNCER, or behind one, no statement timeout from PostgreSQL.
+        with contextlib.suppress(*UNAVAILABLE_ERRORS):  # the workers see for themselves once it answers
+            asyncio.run(check_pool_connection(settings))
     code = workers.run_many(settings, count)
     if code:
         raise SystemExit(code)

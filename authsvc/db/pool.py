@@ -132,7 +132,7 @@ class Database:
         finally:
             await conn.close(timeout=s.db_connect_timeout)
         if s.db_pgbouncer:
-            await check_statement_timeout(s)
+            await check_pool_connection(s)
         if self.pool is None:
             try:
                 self.pool = await create_pool(s)
@@ -338,17 +338,25 @@ async def connect_for_migrations(s: Settings) -> asyncpg.Connection:
         raise _refused_parameter(exc, migrating=True) from exc
 
 
-async def check_statement_timeout(s: Settings) -> None:
-    """Behind PgBouncer the pool cannot send statement_timeout: refuse to serve unless
-    PostgreSQL applies one, no longer than AUTHSVC_DB_STATEMENT_TIMEOUT, to the pool's role."""
+async def check_pool_connection(s: Settings) -> None:
+    """One connection as the pool opens them, so that a misconfiguration is said once: a
+    PgBouncer's refusal of a startup parameter, as the setting to change; behind PgBouncer,
+    a statement timeout PostgreSQL does not apply."""
     conn = await _connect_as_pool(s)
     try:
-        row = await conn.fetchrow(
-            "SELECT setting::bigint AS ms, current_user AS role, current_database() AS db"
-            " FROM pg_settings WHERE name = 'statement_timeout'"
-        )
+        if s.db_pgbouncer:
+            await _check_statement_timeout(conn, s)
     finally:
         await conn.close(timeout=s.db_connect_timeout)
+
+
+async def _check_statement_timeout(conn: asyncpg.Connection, s: Settings) -> None:
+    """Behind PgBouncer the pool cannot send statement_timeout: refuse to serve unless
+    PostgreSQL applies one, no longer than AUTHSVC_DB_STATEMENT_TIMEOUT, to the pool's role."""
+    row = await conn.fetchrow(
+        "SELECT setting::bigint AS ms, current_user AS role, current_database() AS db"
+        " FROM pg_settings WHERE name = 'statement_timeout'"
+    )
     assert row is not None
     wanted = statement_ms(s)
     if 0 < row["ms"] <= wanted:

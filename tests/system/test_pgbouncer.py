@@ -130,7 +130,7 @@ def test_without_the_switch_the_pgbouncer_is_named_in_one_line(bouncer, database
     url = databases.create()
     settings = {k: v for k, v in quick_settings(url).items() if k not in bouncer.variables(url)}
     settings.update(AUTHSVC_DATABASE_URL=bouncer.through(url), AUTHSVC_MIGRATE_DATABASE_URL=url)
-    result = run_command("serve", "--port", str(free_port()), "--workers", "1", **settings)
+    result = run_command("serve", "--port", str(free_port()), "--workers", "2", **settings)
     assert result.returncode == 2, result.stderr
     line = _one_line(result, "AUTHSVC_DB_PGBOUNCER")
     assert "unsupported startup parameter: statement_timeout" in line and "AUTHSVC_DB_PGBOUNCER=true" in line
