@@ -10,8 +10,11 @@ COPY authsvc ./authsvc
 COPY migrations ./migrations
 RUN pip install --no-cache-dir . && rm -rf /src
 
-# An unprivileged user owns the data dir, so a named volume mounted there inherits it.
-RUN useradd --system --home-dir /data --create-home authsvc && chmod 700 /data
+# An unprivileged user owns the data dir, so a named volume mounted there inherits it. Its
+# ids are fixed, so that Kubernetes' runAsUser can name it (deploy/kubernetes/).
+RUN groupadd --system --gid 10001 authsvc \
+    && useradd --system --uid 10001 --gid authsvc --home-dir /data --create-home authsvc \
+    && chmod 700 /data
 USER authsvc
 WORKDIR /data
 

@@ -22,29 +22,20 @@ serves itself. The event loop is uvloop where installed, as in authsvc.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing
-import multiprocessing.connection
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import asyncpg
 import jwt
 from aiohttp import web
 
-from .server import Service, _wait_ready, free_port, stop, wait_listening
+from .server import Service, bare_server, serve_app, serve_bare
 
 # --- the statements, as authsvc sends them ---
 
@@ -65,10 +56,11 @@ class _Recorder:
         return []
 
 
-def _statement(call: Any, *args: Any) -> tuple[str, list[int]]:
-    """The SQL text a repo function sends, and where each of our arguments goes in it."""
+def _statement(call: Any, *args: Any, **kwargs: Any) -> tuple[str, list[int]]:
+    """The SQL text a repo function sends, and where each of our arguments (positional, then
+    keyword in the order given) goes in it."""
     recorder = _Recorder()
-    coro = call(recorder, *args)
+    coro = call(recorder, *args, **kwargs)
     try:
         coro.send(None)  # the recorder never suspends: the call ends in StopIteration
     except StopIteration:
@@ -76,15 +68,19 @@ def _statement(call: Any, *args: Any) -> tuple[str, list[int]]:
     else:
         coro.close()
         raise RuntimeError(f"{call.__qualname__} awaited something else than its statement")
-    order = [next(i for i, sent in enumerate(args) if sent is arg) for arg in recorder.args]
+    given = [*args, *kwargs.values()]
+    order = [next(i for i, sent in enumerate(given) if sent is arg) for arg in recorder.args]
     return recorder.query, order
 
 
 def _statements() -> tuple[tuple[str, list[int]], tuple[str, list[int]]]:
     from authsvc.db.repo import sessions, todos
 
-    marks = [object() for _ in range(4)]
-    return _statement(sessions.select_session_user, *marks[:3]), _statement(todos.select_page, *marks)
+    marks = [object() for _ in range(5)]
+    page = _statement(
+        todos.select_page, marks[0], limit=marks[1], after=marks[2], offset=marks[3], completed=marks[4]
+    )
+    return _statement(sessions.select_session_user, *marks[:3]), page
 
 
 (SESSION_USER_SQL, SESSION_USER_ORDER), (TODO_PAGE_SQL, TODO_PAGE_ORDER) = _statements()
@@ -178,7 +174,7 @@ def create_app(config: Config) -> web.Application:
             row = await conn.fetchrow(SESSION_USER_SQL, *session_args)
             if row is None:
                 return unauthorized
-            rows = await conn.fetch(TODO_PAGE_SQL, *_bind(TODO_PAGE_ORDER, row["id"], PAGE_LIMIT, 0, None))
+            rows = await conn.fetch(TODO_PAGE_SQL, *_bind(TODO_PAGE_ORDER, row["id"], PAGE_LIMIT, 0, 0, None))
         return web.json_response([todo_json(r) for r in rows])
 
     async def readyz(request: web.Request) -> web.Response:
@@ -202,46 +198,8 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-def _new_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop()
-
-
-def run(config: Config, reuse_port: bool = False) -> None:
-    web.run_app(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        reuse_port=reuse_port,
-        loop=_new_loop(),
-        print=None,
-        access_log=None,
-    )
-
-
-def _worker(config: Config) -> None:
-    run(config, reuse_port=True)
-
-
-def run_many(config: Config, count: int) -> None:
-    """`count` spawned workers on one port; SIGTERM/SIGINT is passed on to each."""
-    context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_worker, args=(config,), name=f"reference-worker-{i}") for i in range(count)]
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        for proc in procs:
-            if proc.is_alive() and proc.pid is not None:
-                os.kill(proc.pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join()
+def _worker(config: Config, reuse_port: bool) -> None:
+    serve_app(create_app(config), config.port, config.host, reuse_port)
 
 
 @asynccontextmanager
@@ -251,25 +209,13 @@ async def reference(database_url: str, jwks: dict[str, Any], workers: int, **opt
     Options are the command line's without dashes: issuer, audience, leeway, idle_seconds,
     pool_min, pool_max.
     """
-    with tempfile.TemporaryDirectory(prefix="authsvc-bench-reference-") as tmp:
-        jwks_path = Path(tmp) / "jwks.json"
-        jwks_path.write_text(json.dumps(jwks))
-        port = free_port()
-        log_path = Path(tmp) / "reference.log"
-        log = open(log_path, "wb")  # noqa: SIM115 - closed below
-        args = ["--port", str(port), "--database-url", database_url, "--jwks", str(jwks_path)]
-        args += ["--workers", str(workers)]
-        for name, value in options.items():
-            args += ["--" + name.replace("_", "-"), str(value)]
-        proc = subprocess.Popen([sys.executable, "-m", "bench.reference", *args], stdout=log, stderr=log)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            await _wait_ready(base, proc, log_path)
-            await wait_listening(port, workers, proc, log_path)
-            yield Service(base, port, proc.pid, workers, Path(tmp), log_path, database_url)
-        finally:
-            stop(proc)
-            log.close()
+    args = ["--database-url", database_url]
+    for name, value in options.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    async with bare_server(
+        "bench.reference", args, workers=workers, files={"--jwks": json.dumps(jwks)}, database_url=database_url
+    ) as service:
+        yield service
 
 
 def main() -> None:
@@ -298,10 +244,7 @@ def main() -> None:
         host=args.host,
         port=args.port,
     )
-    if args.workers > 1:
-        run_many(config, args.workers)
-    else:
-        run(config)
+    serve_bare(_worker, config, args.workers)
 
 
 if __name__ == "__main__":

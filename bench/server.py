@@ -3,11 +3,16 @@
 `authsvc(url)` yields the base URL (what bench.flood needs); `authsvc_service(url, workers=N)`
 yields a `Service` that also knows the process, its worker processes, its data dir and the
 database URL, for benchmarks that look inside (bench.perf).
+
+The bare servers bench.perf compares authsvc with (bench.reference, bench.tutorial,
+bench.ceilings) are started by `bare_server` and serve with `serve_bare`: one process, or
+spawned workers sharing the port, on uvloop where installed, as `authsvc serve` does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import secrets
 import signal
@@ -15,12 +20,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 
 def free_port() -> int:
@@ -156,6 +164,78 @@ async def authsvc_service(
         finally:
             stop(proc)
             log.close()
+
+
+@asynccontextmanager
+async def bare_server(
+    module: str,
+    args: Sequence[str],
+    *,
+    workers: int,
+    files: Mapping[str, str] | None = None,
+    database_url: str | None = None,
+) -> AsyncIterator[Service]:
+    """Run `python -m <module> --port P --workers N <args>` until the block ends; yield once
+    every worker listens (its /readyz answers 200).
+
+    `files` maps an option to a text: each is written to a file of the temporary directory
+    and passed as `<option> <path>` (keys, secrets, answers: nothing on the command line).
+    """
+    with tempfile.TemporaryDirectory(prefix=f"authsvc-{module.replace('.', '-')}-") as tmp:
+        port = free_port()
+        command = [sys.executable, "-m", module, "--port", str(port), "--workers", str(workers), *args]
+        for i, (option, text) in enumerate((files or {}).items()):
+            path = Path(tmp) / f"{i}-{option.strip('-')}"
+            path.write_text(text)
+            path.chmod(0o600)
+            command += [option, str(path)]
+        log_path = Path(tmp) / "server.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(command, stdout=log, stderr=log)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            await _wait_ready(base, proc, log_path)
+            await wait_listening(port, workers, proc, log_path)
+            yield Service(base, port, proc.pid, workers, Path(tmp), log_path, database_url)
+        finally:
+            stop(proc)
+            log.close()
+
+
+def _new_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop()
+
+
+def serve_app(app: web.Application, port: int, host: str = "127.0.0.1", reuse_port: bool = False) -> None:
+    """Serve `app` in this process on uvloop (where installed) with no access log, until SIGTERM."""
+    web.run_app(app, host=host, port=port, reuse_port=reuse_port, loop=_new_loop(), print=None, access_log=None)
+
+
+def serve_bare(worker: Callable[[Any, bool], None], config: Any, count: int) -> None:
+    """`worker(config, reuse_port)` in this process (count 1), or in `count` spawned processes
+    sharing the port with SO_REUSEPORT, as `authsvc serve --workers N` does; SIGTERM/SIGINT is
+    passed on to each. `worker` and `config` must pickle (a module-level function, a dataclass)."""
+    if count <= 1:
+        worker(config, False)
+        return
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=worker, args=(config, True), name=f"bench-worker-{i}") for i in range(count)]
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -25,6 +25,7 @@ from marshmallow import Schema, fields
 from authsvc import __version__
 from authsvc.auth.ids import MAX_ID
 from authsvc.http.schemas import (
+    MAX_OFFSET,
     Email,
     ErrorSchema,
     IntrospectionSchema,
@@ -150,7 +151,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     # --- todos ---
     ("GET", "/todos"): Operation(
         "The current user's todos, oldest first", "todos", {"type": "array", "items": TodoSchema},
-        query=TodoListQuery,
+        query=TodoListQuery, ok_headers=("Link",),
+        description="Pages by id: a full page carries a Link header to the next one (after its last "
+        "id, with the same limit and completed filter), each page as cheap as the first. offset "
+        f"still works up to {MAX_OFFSET} but grows slower with depth; after and offset together are 422.",
     ),
     ("POST", "/todos"): Operation(
         "Create a todo", "todos", TodoSchema, ok=201, json=TodoCreateSchema, ok_headers=("Location",)
@@ -212,6 +216,7 @@ RESPONSES: dict[str, dict[str, Any]] = {
 HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
     "Retry-After": {"type": "integer", "minimum": 1},
     "Location": {"type": "string"},
+    "Link": {"type": "string", "pattern": '^<[^>]+>; rel="next"$'},
     "Cache-Control": {"type": "string", "const": "no-store"},
     "WWW-Authenticate": {"type": "string"},
 }
@@ -247,7 +252,16 @@ def _error_statuses(op: Operation) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
+# Success headers sent only sometimes, and what they say.
+OPTIONAL_HEADERS: dict[str, str] = {
+    "Link": 'RFC 8288: `</todos?after=ID&limit=N[&completed=true|false]>; rel="next"`, the next page, '
+    "on a full page only. A reference relative to the request URL, as Location is.",
+}
+
+
 def _header(name: str, description: str = "") -> dict[str, Any]:
+    if name in OPTIONAL_HEADERS:
+        return {"description": description or OPTIONAL_HEADERS[name], "required": False, "schema": HEADER_SCHEMAS[name]}
     return {"description": description or name, "required": True, "schema": HEADER_SCHEMAS[name]}
 
 

@@ -15,6 +15,7 @@ from marshmallow import (
 )
 
 from authsvc.auth import emails
+from authsvc.auth.ids import MAX_ID
 
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024  # characters; keeps refusing an absurd password cheaper than hashing it
@@ -221,18 +222,58 @@ class TodoPatchSchema(Base):
 
 
 class QueryInteger(fields.Integer):
-    """A whole number in a query string: ASCII digits only (no "1_0", no other scripts' digits)."""
+    """A whole number in a query string: ASCII digits only (no "1_0", no other scripts' digits),
+    at most `max_digits` of them (so a huge number is refused before int() works on it)."""
+
+    def __init__(self, *, max_digits: int = 12, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_digits = max_digits
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
-        if not (isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12):
+        if not (isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= self.max_digits):
             raise self.make_error("invalid")
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+# OFFSET reads and throws away every row it skips, so a deep offset costs as much as all the
+# pages before it; `after` (keyset) costs the same at any depth. Past this, use `after`.
+MAX_OFFSET = 10_000
+
+
 class TodoListQuery(Base):
-    limit = QueryInteger(load_default=50, validate=validate.Range(1, 200))
-    offset = QueryInteger(load_default=0, validate=validate.Range(0, 1_000_000_000))
+    limit = QueryInteger(
+        load_default=50, validate=validate.Range(1, 200), metadata={"description": "Todos per page."}
+    )
+    after = QueryInteger(
+        max_digits=19,
+        validate=validate.Range(0, MAX_ID),
+        metadata={
+            "description": "The id of the last todo of the previous page (the Link header's next page "
+            "gives it): the page starts after it, as cheap at any depth. Not with offset."
+        },
+    )
+    offset = QueryInteger(
+        load_default=0,
+        validate=validate.Range(
+            0, MAX_OFFSET, error=f"Must be between 0 and {MAX_OFFSET}; to go deeper, page with after."
+        ),
+        metadata={
+            "description": f"Todos to skip, at most {MAX_OFFSET}: kept for older clients, and slower the "
+            "deeper it goes (use after). Not with after."
+        },
+    )
     completed = fields.Boolean(truthy={"true"}, falsy={"false"})
+
+    # At most one of these in a query: a page is either after an id or past an offset. OpenAPI
+    # cannot say this of two parameters, so tests/api/test_fuzz.py reads it from here.
+    exclusive = ("after", "offset")
+
+    @validates_schema(pass_original=True)
+    def one_way_to_page(self, data: dict[str, Any], original: dict[str, Any], **kwargs: Any) -> None:
+        given = [name for name in self.exclusive if name in original]
+        if len(given) > 1:
+            message = "Give after or offset, not both: after pages by id, offset counts rows."
+            raise ValidationError({name: [message] for name in given})
 
 
 class TodoSchema(Schema):

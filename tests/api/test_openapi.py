@@ -12,8 +12,9 @@ from marshmallow import ValidationError, validate
 
 from authsvc.app import create_app
 from authsvc.appkeys import SETTINGS
+from authsvc.auth.ids import MAX_ID
 from authsvc.http import openapi
-from authsvc.http.schemas import SignupSchema
+from authsvc.http.schemas import MAX_OFFSET, SignupSchema
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 
@@ -151,3 +152,20 @@ async def test_metrics_media_types_are_both_documented(client) -> None:
     for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
         resp = await client.get("/metrics", headers={"Accept": accept})
         assert resp.status == 200 and resp.content_type in documented_types, resp.content_type
+
+
+async def test_todo_pages_are_documented(client, auth) -> None:
+    """The cursor, the capped offset and the Link header, as the list route serves them."""
+    doc = await (await client.get("/openapi.json")).json()
+    op = doc["paths"]["/todos"]["get"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert params["after"]["schema"] == {"type": "integer", "minimum": 0, "maximum": MAX_ID}
+    assert params["offset"]["schema"]["maximum"] == MAX_OFFSET
+    assert "after" in params["offset"]["description"] and "offset" in params["after"]["description"]
+    link = op["responses"]["200"]["headers"]["Link"]
+    assert link["required"] is False  # only on a full page
+    for todo in range(2):
+        assert (await client.post("/todos", json={"text": f"todo {todo}"}, headers=auth)).status == 201
+    resp = await client.get("/todos?limit=1", headers=auth)
+    assert re.fullmatch(link["schema"]["pattern"], resp.headers["Link"])
+    assert "Link" not in (await client.get("/todos?limit=3", headers=auth)).headers

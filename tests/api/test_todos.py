@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,9 +11,17 @@ import pytest
 from aiohttp.test_utils import TestClient
 from helpers import bearer, login, signup
 
+from authsvc.auth.ids import MAX_ID
+from authsvc.db.repo import todos
 from authsvc.db.repo.todos import Todo
 from authsvc.db.repo.users import User
-from authsvc.http.schemas import TodoSchema, UserSchema, todo_json, user_json
+from authsvc.http.schemas import (
+    MAX_OFFSET,
+    TodoSchema,
+    UserSchema,
+    todo_json,
+    user_json,
+)
 
 TODO_FIELDS = {"id", "text", "completed", "created_at", "updated_at"}
 
@@ -233,6 +242,293 @@ async def test_list_refuses_bad_query_parameters(client, auth, query, field):
     body = await expect_error(await client.get(f"/todos?{query}", headers=auth), 422, "validation_failed")
     # Per-field messages name the parameter at fault.
     assert field in body["details"]
+
+
+# --- pages by cursor: ?after=<id> and the Link header ---
+
+
+async def insert_todos(database_url: str, owner_id: int, count: int, completed_every: int = 3) -> list[int]:
+    """`count` todos, every `completed_every`-th one completed; their ids in order."""
+    rows = await fetch(
+        database_url,
+        "INSERT INTO todos (owner_id, text, completed)"
+        " SELECT $1, 'todo ' || g, g % $3 = 0 FROM generate_series(1, $2) g RETURNING id",
+        owner_id,
+        count,
+        completed_every,
+    )
+    return sorted(r["id"] for r in rows)
+
+
+async def walk(client: TestClient, headers: dict[str, str], start: str, between: Any = None) -> list[list[int]]:
+    """Every page from `start` on, following each rel="next" Link until a page has none.
+    `between(page_number)` runs after each page, before the next is asked for."""
+    pages: list[list[int]] = []
+    url: str | None = start
+    while url is not None:
+        assert len(pages) < 100, "the Link headers never end"
+        resp = await client.get(url, headers=headers)
+        assert resp.status == 200, await resp.text()
+        pages.append([t["id"] for t in await resp.json()])
+        url = next_url(resp)
+        if between is not None:
+            await between(len(pages))
+    return pages
+
+
+def next_url(resp: Any) -> str | None:
+    """The rel="next" target as aiohttp resolves it against the request URL, as a path for the
+    test client (which refuses absolute URLs)."""
+    nxt = resp.links.get("next")
+    return None if nxt is None else nxt["url"].path_qs
+
+
+def expected_link(after: int, limit: int, completed: str | None = None) -> str:
+    query = f"after={after}&limit={limit}" + (f"&completed={completed}" if completed else "")
+    return f'</todos?{query}>; rel="next"'
+
+
+@pytest.mark.parametrize("completed", [None, "true", "false"])
+async def test_walking_the_links_gives_every_todo_once_in_order(client, auth, database_url, completed):
+    owner = await user_id(database_url, "owner@example.com")
+    await insert_todos(database_url, owner, 23)
+    want = [
+        r["id"]
+        for r in await db_todos(database_url)
+        if completed is None or r["completed"] == (completed == "true")
+    ]
+    start = "/todos?limit=4" + (f"&completed={completed}" if completed else "")
+    pages = await walk(client, auth, start)
+    assert [i for page in pages for i in page] == want
+    # Full pages until the last, which is short (or empty, when the count divides evenly).
+    assert all(len(page) == 4 for page in pages[:-1]) and len(pages[-1]) < 4
+    assert len(pages) == len(want) // 4 + 1
+
+
+async def test_the_link_names_the_last_id_the_limit_and_the_filter(client, auth, database_url):
+    owner = await user_id(database_url, "owner@example.com")
+    ids = await insert_todos(database_url, owner, 9, completed_every=1)  # all completed
+    resp = await client.get("/todos?completed=true&limit=4", headers=auth)
+    assert resp.status == 200
+    # One Link, relative to the request URL (RFC 8288 3.1: resolved as RFC 3986 says).
+    assert resp.headers.getall("Link") == [expected_link(ids[3], 4, "true")]
+    resp = await client.get(f"/todos?after={ids[3]}&completed=true&limit=4", headers=auth)
+    assert [t["id"] for t in await resp.json()] == ids[4:8]
+    assert resp.headers["Link"] == expected_link(ids[7], 4, "true")
+    # The default limit is named too, and a page that is not full has no Link.
+    resp = await client.get("/todos?completed=false", headers=auth)
+    assert await resp.json() == [] and "Link" not in resp.headers
+    resp = await client.get(f"/todos?after={ids[7]}", headers=auth)
+    assert [t["id"] for t in await resp.json()] == ids[8:]
+    assert "Link" not in resp.headers
+
+
+async def test_a_full_default_page_links_to_the_next(client, auth, database_url):
+    owner = await user_id(database_url, "owner@example.com")
+    ids = await insert_todos(database_url, owner, 60)
+    resp = await client.get("/todos", headers=auth)
+    assert [t["id"] for t in await resp.json()] == ids[:50]
+    assert resp.headers["Link"] == expected_link(ids[49], 50)
+    resp = await client.get(next_url(resp), headers=auth)
+    assert [t["id"] for t in await resp.json()] == ids[50:]
+    assert "Link" not in resp.headers
+
+
+async def test_an_offset_page_links_on_by_cursor(client, auth, database_url):
+    owner = await user_id(database_url, "owner@example.com")
+    ids = await insert_todos(database_url, owner, 10)
+    resp = await client.get("/todos?limit=3&offset=3", headers=auth)
+    assert [t["id"] for t in await resp.json()] == ids[3:6]
+    # The next page is after this one's last id: the client moves onto the cheap cursor.
+    assert resp.headers["Link"] == expected_link(ids[5], 3)
+    pages = await walk(client, auth, next_url(resp))
+    assert [i for page in pages for i in page] == ids[6:]
+
+
+async def test_pages_stay_whole_while_todos_come_and_go(client, auth, database_url):
+    """Keyset's point: todos added or deleted between pages neither repeat nor hide the others."""
+    ids = [(await create(client, auth, f"todo {i}"))["id"] for i in range(10)]
+    added: list[int] = []
+
+    async def meanwhile(page: int) -> None:
+        if page == 1:
+            # One already seen and one not yet seen go; two come.
+            for todo_id in (ids[1], ids[7]):
+                assert (await client.delete(f"/todos/{todo_id}", headers=auth)).status == 204
+            added.extend([(await create(client, auth, f"new {i}"))["id"] for i in range(2)])
+        if page == 2:
+            added.append((await create(client, auth, "newer"))["id"])
+
+    pages = await walk(client, auth, "/todos?limit=3", meanwhile)
+    seen = [i for page in pages for i in page]
+    assert seen == sorted(set(seen)), "a todo came twice or out of order"
+    # Every todo that was there all along, once; the deleted unseen one not; the new ones last.
+    expected = [i for i in ids if i != ids[7]] + added
+    assert seen == expected
+
+    # The same walk by offset, for contrast: deleting a todo of page 1 shifts the rest
+    # forward by one, and the first of page 2 is never shown.
+    for todo_id in await _all_ids(client, auth):
+        assert (await client.delete(f"/todos/{todo_id}", headers=auth)).status == 204
+    ids = [(await create(client, auth, f"todo {i}"))["id"] for i in range(6)]
+    first = [t["id"] for t in await (await client.get("/todos?limit=3&offset=0", headers=auth)).json()]
+    assert (await client.delete(f"/todos/{ids[0]}", headers=auth)).status == 204
+    second = [t["id"] for t in await (await client.get("/todos?limit=3&offset=3", headers=auth)).json()]
+    assert ids[3] not in first + second
+    by_cursor = await (await client.get(f"/todos?limit=3&after={first[-1]}", headers=auth)).json()
+    assert [t["id"] for t in by_cursor] == ids[3:6]
+
+
+async def _all_ids(client: TestClient, headers: dict[str, str]) -> list[int]:
+    return [i for page in await walk(client, headers, "/todos?limit=200") for i in page]
+
+
+async def test_another_users_id_as_cursor_shows_nothing_of_theirs(client, auth, other, database_url):
+    mine, theirs = [], []
+    for i in range(4):  # interleaved ids: mine, theirs, mine, theirs, ...
+        mine.append((await create(client, auth, f"mine {i}"))["id"])
+        theirs.append((await create(client, other, f"theirs {i}", completed=True))["id"])
+
+    async def page(after: int, headers: dict[str, str] = auth, extra: str = "") -> tuple[list[int], str | None]:
+        resp = await client.get(f"/todos?after={after}&limit=2{extra}", headers=headers)
+        assert resp.status == 200, await resp.text()
+        return [t["id"] for t in await resp.json()], resp.headers.get("Link")
+
+    answers = {}
+    for their_id in theirs:
+        ids, link = await page(their_id)
+        # Only my todos past that id: the cursor is a position in id order, not a lookup.
+        assert ids == [i for i in mine if i > their_id][:2]
+        assert link == (expected_link(ids[-1], 2) if len(ids) == 2 else None)
+        assert (await page(their_id, extra="&completed=true")) == ([], None)
+        answers[their_id] = (ids, link)
+    # Their todos gone, the same answers: nothing tells "exists but not yours" from "missing".
+    for their_id in theirs:
+        assert (await client.delete(f"/todos/{their_id}", headers=other)).status == 204
+    for their_id in theirs:
+        assert await page(their_id) == answers[their_id]
+    # And they, given my ids, see none of mine.
+    assert await page(mine[0], other) == ([], None)
+
+
+async def test_cursor_bounds(client, auth, database_url):
+    owner = await user_id(database_url, "owner@example.com")
+    ids = await insert_todos(database_url, owner, 3)
+    for after, expected in (("0", ids), ("000", ids), (str(ids[0]), ids[1:]), (str(MAX_ID), [])):
+        resp = await client.get(f"/todos?after={after}", headers=auth)
+        assert resp.status == 200, (after, await resp.text())
+        assert [t["id"] for t in await resp.json()] == expected
+
+
+BAD_CURSORS = [
+    "abc",
+    "-1",
+    "1.5",
+    "",
+    "+1",
+    "%201",
+    "1e3",
+    "0x10",
+    "١٢",  # Arabic-Indic digits
+    "1%00",
+    "1;%20DROP%20TABLE%20todos",
+    str(MAX_ID + 1),  # one past bigint: refused here, never an overflow in PostgreSQL
+    "99999999999999999999",
+    "9" * 40,
+    "null",
+    "1&after=2",
+]
+
+
+@pytest.mark.parametrize("after", BAD_CURSORS)
+async def test_bad_cursors_are_refused_by_name(client, auth, database_url, after):
+    await create(client, auth)
+    before = await db_todos(database_url)
+    resp = await client.get(f"/todos?after={after}", headers=auth)
+    body = await expect_error(resp, 422, "validation_failed")
+    assert list(body["details"]) == ["after"], body
+    assert await db_todos(database_url) == before
+
+
+@pytest.mark.parametrize("query", ["after=1&offset=0", "offset=5&after=1", "after=0&offset=3&limit=2"])
+async def test_after_and_offset_together_are_refused(client, auth, query):
+    await create(client, auth)
+    body = await expect_error(await client.get(f"/todos?{query}", headers=auth), 422, "validation_failed")
+    assert set(body["details"]) == {"after", "offset"}
+    assert all("not both" in m for ms in body["details"].values() for m in ms)
+
+
+async def test_offset_is_capped_and_the_refusal_points_to_after(client, auth):
+    await create(client, auth)
+    resp = await client.get(f"/todos?offset={MAX_OFFSET}", headers=auth)
+    assert resp.status == 200 and await resp.json() == []
+    for offset in (MAX_OFFSET + 1, 10**9):
+        body = await expect_error(await client.get(f"/todos?offset={offset}", headers=auth), 422, "validation_failed")
+        assert list(body["details"]) == ["offset"]
+        assert str(MAX_OFFSET) in body["details"]["offset"][0] and "after" in body["details"]["offset"][0]
+
+
+class Recording:
+    """A connection that keeps the statements a repo function sends through it."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        self.sent.append((query, args))
+        return await self.conn.fetch(query, *args)
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for child in plan.get("Plans", []) for n in _plan_nodes(child))]
+
+
+def _literal(value: Any) -> str:
+    return "NULL" if value is None else str(value).lower() if isinstance(value, bool) else str(int(value))
+
+
+async def test_every_page_is_one_short_range_of_the_owner_index(client, auth, other, database_url):
+    """EXPLAIN of the very statement select_page sends, on a table where the owner's todos come
+    first and last with everyone else's between (as an account used, left and came back):
+    for each completed filter, at the first page, across the gap and at the end, both in the
+    plan for those values and in the generic plan a prepared statement settles on, the rows
+    come in order from todos_owner_id_idx, scanned from the cursor on, and a page reads a
+    handful of blocks. Written as `owner_id = $1 AND id > $3`, the generic plan walks the
+    primary key from the cursor through all of the other users' todos: some 300 blocks for
+    the page across the gap, where this reads at most 6."""
+    owner = await user_id(database_url, "owner@example.com")
+    them = await user_id(database_url, "other@example.com")
+    early = await insert_todos(database_url, owner, 400)
+    await insert_todos(database_url, them, 24_000)
+    late = await insert_todos(database_url, owner, 400)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("ANALYZE todos")
+        for completed in (None, True, False):
+            for after in (0, early[-10], late[-1]):
+                recording = Recording(conn)
+                page = await todos.select_page(recording, owner, limit=50, after=after, completed=completed)
+                assert all(t.owner_id == owner and t.id > after for t in page)
+                ((sql, args),) = recording.sent
+                custom = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
+                await conn.execute(f"PREPARE page AS {sql}")
+                await conn.execute("SET plan_cache_mode = force_generic_plan")
+                execute = f"EXECUTE page({', '.join(map(_literal, args))})"
+                generic = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {execute}")
+                await conn.execute("RESET plan_cache_mode; DEALLOCATE page")
+                for kind, plan in (("custom", custom), ("generic", generic)):
+                    nodes = _plan_nodes(json.loads(plan)[0]["Plan"])
+                    where = (completed, after, kind)
+                    scans = [n for n in nodes if "Scan" in n["Node Type"]]
+                    assert [(n["Node Type"], n.get("Index Name")) for n in scans] == [
+                        ("Index Scan", "todos_owner_id_idx")
+                    ], (where, nodes)
+                    assert not [n for n in nodes if n["Node Type"] == "Sort"], where
+                    blocks = nodes[0]["Shared Hit Blocks"] + nodes[0]["Shared Read Blocks"]
+                    assert blocks <= 12, (where, blocks)
+    finally:
+        await conn.close()
 
 
 # --- update ---

@@ -37,14 +37,32 @@ def _found(todo: todos.Todo | None) -> web.Response:
     return web.json_response(todo_json(todo))
 
 
+def next_link(last_id: int, limit: int, completed: bool | None) -> str:
+    """RFC 8288 Link to the page after `last_id`, with the same limit and filter. A reference
+    relative to this host, as Location is: a client resolves it against the request URL."""
+    target = f"/todos?after={last_id}&limit={limit}"
+    if completed is not None:
+        target += "&completed=true" if completed else "&completed=false"
+    return f'<{target}>; rel="next"'
+
+
 @routes.get("/todos")
 async def list_todos(request: web.Request) -> web.Response:
     query = read_query(request, list_query)
+    limit, completed = query["limit"], query.get("completed")
     async with request.app[POOL].acquire() as conn:
         page = await todos.select_page(
-            conn, request[CURRENT_USER].id, query["limit"], query["offset"], query.get("completed")
+            conn,
+            request[CURRENT_USER].id,
+            limit=limit,
+            after=query.get("after"),
+            offset=query["offset"],
+            completed=completed,
         )
-    return web.json_response([todo_json(t) for t in page])
+    # A full page may have a next one (a short page is the last); an offset page's next one
+    # is after its last id too, which moves the client onto the cheap cursor.
+    headers = {"Link": next_link(page[-1].id, limit, completed)} if len(page) == limit else None
+    return web.json_response([todo_json(t) for t in page], headers=headers)
 
 
 @routes.post("/todos")
