@@ -2,7 +2,9 @@
 
 The server is AUTHSVC_TEST_DATABASE_URL when set (any database on it: the run creates its
 own database beside it and drops it at the end), else an embedded PostgreSQL in a
-temporary directory.
+temporary directory. With AUTHSVC_TEST_PGBOUNCER=1 the apps and servers the tests start
+reach it through a real PgBouncer in transaction mode (tests/pgbouncer.py), migrations
+and the tests' own look at the rows still directly.
 
 Every log record of the run (authsvc's at DEBUG) is also written, formatted as in
 production, to one file that is searched for secrets when the run ends: see run_log.
@@ -29,7 +31,9 @@ from typing import Any
 
 import asyncpg
 import bcrypt
+import pgbouncer
 import pytest
+import servers
 from aiohttp import (
     TraceConfig,
     TraceRequestChunkSentParams,
@@ -89,7 +93,7 @@ class Secrets:
             elif name == "AUTHSVC_INTROSPECTION_CLIENTS":
                 for pair in value.split(","):
                     self.add(pair.partition(":")[2])
-            elif name == "AUTHSVC_DATABASE_URL":
+            elif name in ("AUTHSVC_DATABASE_URL", "AUTHSVC_MIGRATE_DATABASE_URL"):
                 self.add(urllib.parse.urlsplit(value).password)
 
     def add_key_file(self, path: Path) -> None:
@@ -249,11 +253,33 @@ def _run_coroutine(coro: Any) -> Any:
         return pool.submit(asyncio.run, coro).result()
 
 
-class Databases:
-    """Creates throw-away databases on the test server and drops them all at the end."""
+@pytest.fixture(scope="session")
+def run_pgbouncer(pg_server_url: str) -> Iterator[pgbouncer.Bouncer | None]:
+    """With AUTHSVC_TEST_PGBOUNCER=1: a PgBouncer in transaction mode in front of the run's
+    server, which every app of base_settings and every quick_settings server goes through."""
+    if os.environ.get("AUTHSVC_TEST_PGBOUNCER", "") in ("", "0"):
+        yield None
+        return
+    if pgbouncer.binary() is None:
+        pytest.fail(f"AUTHSVC_TEST_PGBOUNCER is set, but {pgbouncer.MISSING}")
+    with pgbouncer.running(pg_server_url) as bouncer:
+        servers.THROUGH_PGBOUNCER = bouncer.variables
+        try:
+            yield bouncer
+        finally:
+            servers.THROUGH_PGBOUNCER = None
+        assert bouncer.logins() > 0, f"AUTHSVC_TEST_PGBOUNCER is set, but nothing connected through it ({bouncer.log})"
 
-    def __init__(self, server_url: str) -> None:
+
+class Databases:
+    """Creates throw-away databases on the test server and drops them all at the end.
+
+    Behind the run's PgBouncer the pool cannot send statement_timeout, so each database gets
+    it for the tests' role from PostgreSQL, as docs/operations.md#pgbouncer has it set up."""
+
+    def __init__(self, server_url: str, *, role_statement_timeout: float | None = None) -> None:
         self.server_url = server_url
+        self.role_statement_timeout = role_statement_timeout
         self.created: list[str] = []
 
     def create(self, *, migrated: bool = True) -> str:
@@ -267,6 +293,9 @@ class Databases:
         conn = await asyncpg.connect(self.server_url)
         try:
             await conn.execute(f'CREATE DATABASE "{name}"')
+            if self.role_statement_timeout is not None:
+                ms = round(self.role_statement_timeout * 1000)
+                await conn.execute(f"ALTER ROLE CURRENT_USER IN DATABASE \"{name}\" SET statement_timeout = '{ms}ms'")
         finally:
             await conn.close()
         if migrated:
@@ -289,8 +318,8 @@ class Databases:
 
 
 @pytest.fixture(scope="session")
-def databases(pg_server_url: str) -> Iterator[Databases]:
-    dbs = Databases(pg_server_url)
+def databases(pg_server_url: str, run_pgbouncer: pgbouncer.Bouncer | None) -> Iterator[Databases]:
+    dbs = Databases(pg_server_url, role_statement_timeout=Settings().db_statement_timeout if run_pgbouncer else None)
     yield dbs
     dbs.drop_all()
 
@@ -324,9 +353,9 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def base_settings(shared_database_url: str, keys_file: Path) -> Settings:
+def base_settings(shared_database_url: str, keys_file: Path, run_pgbouncer: pgbouncer.Bouncer | None) -> Settings:
     # Cheap bcrypt and millisecond backoff: the rules are the same, the suite stays fast.
-    return Settings(
+    settings = Settings(
         database_url=shared_database_url,
         signing_keys_file=keys_file,
         token_secret=secrets.token_urlsafe(48),
@@ -342,6 +371,9 @@ def base_settings(shared_database_url: str, keys_file: Path) -> Settings:
         db_pool_min=1,
         db_pool_max=10,
     )
+    if run_pgbouncer is not None:
+        return pgbouncer.ThroughPgBouncer.around(settings, run_pgbouncer)
+    return settings
 
 
 @pytest.fixture

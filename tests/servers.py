@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,10 +222,18 @@ def temporary_cluster(prefix: str) -> Iterator[Cluster]:
                 cluster.stop("fast")
 
 
+# With AUTHSVC_TEST_PGBOUNCER=1, the AUTHSVC_* variables that put the run's PgBouncer in
+# front of a database (conftest.run_pgbouncer sets it): throw-away servers go through it too.
+THROUGH_PGBOUNCER: Callable[[str], dict[str, str]] | None = None
+
+
 def quick_settings(database_url: str, **extra: str) -> dict[str, str]:
     """AUTHSVC_* variables for a throw-away server: HS256 (no key file), cheap bcrypt."""
+    database = {"AUTHSVC_DATABASE_URL": database_url}
+    if THROUGH_PGBOUNCER is not None:
+        database = THROUGH_PGBOUNCER(database_url)
     return {
-        "AUTHSVC_DATABASE_URL": database_url,
+        **database,
         "AUTHSVC_TOKEN_ALGORITHM": "HS256",
         "AUTHSVC_TOKEN_SECRET": secrets.token_urlsafe(48),
         "AUTHSVC_PASSWORD_PEPPER": secrets.token_urlsafe(48),

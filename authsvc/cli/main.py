@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -19,7 +20,13 @@ from authsvc.auth.keyring import KeyFile, KeyFileError
 from authsvc.cli import admin as operator
 from authsvc.cli import secretfiles, workers
 from authsvc.db import embedded, migrate
-from authsvc.db.pool import RETRY_FIRST, RETRY_MAX, UNAVAILABLE_ERRORS
+from authsvc.db.pool import (
+    RETRY_FIRST,
+    RETRY_MAX,
+    UNAVAILABLE_ERRORS,
+    check_pool_connection,
+    connect_for_migrations,
+)
 from authsvc.observability import logs
 from authsvc.settings import ConfigError, Settings
 
@@ -113,13 +120,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     # Migrate once here rather than racing N workers for the lock; with the database away
     # (or still locked by another instance's migration after a while), the workers start
     # anyway and migrate, one at a time under the lock, once it is ready.
+    answers = True
     if settings.migrate_on_start:
         try:
             asyncio.run(_migrate(settings, within=settings.db_connect_timeout + settings.db_statement_timeout))
         except UNAVAILABLE_ERRORS as exc:  # TimeoutError included
             log.warning("database not ready at start (%s): the workers migrate when it is", type(exc).__name__)
+            answers = False
         else:
             settings = settings.replace(migrate_on_start=False)
+    if answers:
+        # Said here in one line rather than by every worker: a PgBouncer without
+        # AUTHSVC_DB_PGBOUNCER, or behind one, no statement timeout from PostgreSQL.
+        with contextlib.suppress(*UNAVAILABLE_ERRORS):  # the workers see for themselves once it answers
+            asyncio.run(check_pool_connection(settings))
     code = workers.run_many(settings, count)
     if code:
         raise SystemExit(code)
@@ -148,12 +162,12 @@ NOT_UP_YET: tuple[type[BaseException], ...] = (
 
 
 async def _connect(settings: Settings, wait: float) -> asyncpg.Connection:
-    """A connection; while the database is not up yet, tried again for up to `wait` seconds."""
+    """The migrations' connection; while the database is not up yet, tried again for up to `wait` seconds."""
     deadline = time.monotonic() + wait
     delay: float | None = None
     while True:
         try:
-            return await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+            return await connect_for_migrations(settings)
         except NOT_UP_YET as exc:
             left = deadline - time.monotonic()
             if left <= 0:

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 # Any fixed number, shared by every replica: only one of them migrates at a time.
 LOCK_ID = 0x61757468737663  # "authsvc"
+# The SQLSTATE check_direct raises (class P0, PL/pgSQL errors; a code of our own).
+NOT_DIRECT = "P0A01"
 FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # What SQL cannot do for a migration, run right after its file and again at every later
 # migrate, under the same lock, before the migrations that follow it: each step is
@@ -86,9 +88,39 @@ async def pending(conn: asyncpg.Connection, directory: Path | None = None) -> li
     return [m for m in known if m.version not in applied]
 
 
+async def check_direct(conn: asyncpg.Connection) -> None:
+    """Refuse a connection through a pooler such as PgBouncer, whose transaction mode would
+    take the migration lock on one server connection and try to free it on another, leaving
+    it held and every later migrate waiting for it.
+
+    A pooler gives its clients process ids of its own (for cancelling), while PostgreSQL's
+    is the backend's. Compared in one simple-protocol statement: no prepared statement,
+    which a pooler in transaction mode could have mixed up before anything was found."""
+    pid = int(conn.get_server_pid())
+    try:
+        await conn.execute(
+            f"""
+            DO $$ BEGIN
+                IF pg_backend_pid() <> {pid} THEN
+                    RAISE EXCEPTION 'not a direct connection' USING ERRCODE = '{NOT_DIRECT}';
+                END IF;
+            END $$
+            """
+        )
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) != NOT_DIRECT:
+            raise
+        raise MigrationError(
+            "migrations need a direct connection to PostgreSQL, and this one goes through a connection pooler"
+            " such as PgBouncer (its process id is not the server's): set AUTHSVC_MIGRATE_DATABASE_URL to the"
+            " database itself"
+        ) from None
+
+
 async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> list[Migration]:
     """Apply pending migrations in order; return the ones applied."""
     known = discover(directory)
+    await check_direct(conn)
     await conn.execute("SELECT pg_advisory_lock($1)", LOCK_ID)
     try:
         await conn.execute(

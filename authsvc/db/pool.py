@@ -20,7 +20,7 @@ from typing import TypeVar
 import asyncpg
 
 from authsvc.db import migrate
-from authsvc.settings import Settings
+from authsvc.settings import ConfigError, Settings, env_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -123,17 +123,21 @@ class Database:
     async def open(self) -> None:
         """Check or apply the migrations, then open the pool; raises whatever the database said."""
         s = self._settings
-        # Migrations get a connection of their own, free of the statement timeout: a migration
-        # may take long, and waiting for another replica's migration lock is expected.
-        conn = await asyncpg.connect(
-            s.database_url, timeout=s.db_connect_timeout, server_settings={"application_name": "authsvc"}
-        )
+        if s.migrate_on_start:
+            conn = await connect_for_migrations(s)
+        else:  # only a look at schema_migrations, where the pool's statements will go
+            conn = await _connect_as_pool(s)
         try:
             await prepare_schema(conn, s.migrate_on_start)
         finally:
             await conn.close(timeout=s.db_connect_timeout)
+        if s.db_pgbouncer:
+            await check_pool_connection(s)
         if self.pool is None:
-            self.pool = await create_pool(s)
+            try:
+                self.pool = await create_pool(s)
+            except asyncpg.ProtocolViolationError as exc:
+                raise _refused_parameter(exc, migrating=False) from exc
         self.ready = True
 
     async def keep_trying(self) -> None:
@@ -251,7 +255,6 @@ class _Acquire:
 
 
 async def create_pool(s: Settings) -> asyncpg.Pool:
-    statement_ms = round(s.db_statement_timeout * 1000)
     # asyncpg logs each failed attempt to refill the pool; the outage is logged here once instead.
     logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     return await asyncpg.create_pool(
@@ -260,8 +263,118 @@ async def create_pool(s: Settings) -> asyncpg.Pool:
         max_size=s.db_pool_max,
         timeout=s.db_connect_timeout,  # opening a connection
         command_timeout=s.db_statement_timeout + CLIENT_MARGIN,  # a server that went silent
-        server_settings={"application_name": "authsvc", "statement_timeout": str(statement_ms)},
+        statement_cache_size=s.statement_cache_size,  # 0 behind a PgBouncer before 1.21
+        server_settings=pool_parameters(s),
         reset=keep_session,
+    )
+
+
+# --- PgBouncer ---
+# In transaction mode PgBouncer hands each transaction (each statement outside one) to any
+# of its server connections, so nothing may outlive a transaction on a pooled connection:
+# no SET, advisory lock, LISTEN, temporary table, held cursor or (before PgBouncer 1.21)
+# named prepared statement. It also refuses every startup parameter it does not know, and
+# statement_timeout is one of them. So behind it (AUTHSVC_DB_PGBOUNCER) the pool sends
+# application_name alone and keeps no prepared statements unless told to, the statement
+# timeout is the role's (ALTER ROLE ... SET statement_timeout), checked at open, and the
+# migrations, which hold a session-level lock, connect to PostgreSQL directly
+# (AUTHSVC_MIGRATE_DATABASE_URL). docs/operations.md#pgbouncer says how to set it up.
+APPLICATION_NAME = "authsvc"
+
+
+def statement_ms(s: Settings) -> int:
+    return round(s.db_statement_timeout * 1000)
+
+
+def pool_parameters(s: Settings) -> dict[str, str]:
+    """The startup parameters of a pooled connection."""
+    if s.db_pgbouncer:
+        return {"application_name": APPLICATION_NAME}
+    return {"application_name": APPLICATION_NAME, "statement_timeout": str(statement_ms(s))}
+
+
+def _refused_parameter(exc: asyncpg.ProtocolViolationError, *, migrating: bool) -> BaseException:
+    """PgBouncer's refusal of a startup parameter, as the setting to change; other protocol
+    errors as they are."""
+    if "unsupported startup parameter" not in str(exc):
+        return exc
+    if migrating:
+        return ConfigError(
+            env_name("migrate_database_url"),
+            f"the database the migrations connect to refused a startup parameter ({exc}), as PgBouncer does:"
+            " migrations need a direct connection to PostgreSQL; set AUTHSVC_MIGRATE_DATABASE_URL to it",
+        )
+    return ConfigError(
+        env_name("db_pgbouncer"),
+        f"AUTHSVC_DATABASE_URL refused a startup parameter ({exc}), as PgBouncer does: behind PgBouncer set"
+        " AUTHSVC_DB_PGBOUNCER=true (see docs/operations.md#pgbouncer)",
+    )
+
+
+async def _connect_as_pool(s: Settings) -> asyncpg.Connection:
+    """One connection as the pool opens them (same URL, parameters and statement cache)."""
+    try:
+        return await asyncpg.connect(
+            s.database_url,
+            timeout=s.db_connect_timeout,
+            statement_cache_size=s.statement_cache_size,
+            server_settings=pool_parameters(s),
+        )
+    except asyncpg.ProtocolViolationError as exc:
+        raise _refused_parameter(exc, migrating=False) from exc
+
+
+async def connect_for_migrations(s: Settings) -> asyncpg.Connection:
+    """A connection of its own for migrating: AUTHSVC_MIGRATE_DATABASE_URL (else the service's
+    URL), direct, free of the statement timeout, a role's included: a migration may take
+    long, and waiting for another replica's migration lock is expected."""
+    if s.db_pgbouncer and s.migrate_database_url is None:
+        raise ConfigError(
+            env_name("migrate_database_url"),
+            "must be set while AUTHSVC_DB_PGBOUNCER is true: migrations hold a session-level lock, and need a"
+            " direct connection to PostgreSQL, not one through PgBouncer",
+        )
+    try:
+        return await asyncpg.connect(
+            s.migrate_url,
+            timeout=s.db_connect_timeout,
+            server_settings={"application_name": APPLICATION_NAME, "statement_timeout": "0"},
+        )
+    except asyncpg.ProtocolViolationError as exc:
+        raise _refused_parameter(exc, migrating=True) from exc
+
+
+async def check_pool_connection(s: Settings) -> None:
+    """One connection as the pool opens them, so that a misconfiguration is said once: a
+    PgBouncer's refusal of a startup parameter, as the setting to change; behind PgBouncer,
+    a statement timeout PostgreSQL does not apply."""
+    conn = await _connect_as_pool(s)
+    try:
+        if s.db_pgbouncer:
+            await _check_statement_timeout(conn, s)
+    finally:
+        await conn.close(timeout=s.db_connect_timeout)
+
+
+async def _check_statement_timeout(conn: asyncpg.Connection, s: Settings) -> None:
+    """Behind PgBouncer the pool cannot send statement_timeout: refuse to serve unless
+    PostgreSQL applies one, no longer than AUTHSVC_DB_STATEMENT_TIMEOUT, to the pool's role."""
+    row = await conn.fetchrow(
+        "SELECT setting::bigint AS ms, current_user AS role, current_database() AS db"
+        " FROM pg_settings WHERE name = 'statement_timeout'"
+    )
+    assert row is not None
+    wanted = statement_ms(s)
+    if 0 < row["ms"] <= wanted:
+        return
+    found = "none (0)" if row["ms"] == 0 else f"{row['ms']} ms"
+    role, database = (str(row[k]).replace('"', '""') for k in ("role", "db"))
+    raise ConfigError(
+        env_name("db_statement_timeout"),
+        f"behind PgBouncer the statement timeout must come from PostgreSQL, and its statement_timeout for"
+        f" this role and database is {found}, not at most {wanted} ms: run"
+        f" ALTER ROLE \"{role}\" IN DATABASE \"{database}\" SET statement_timeout = '{wanted}ms'"
+        " (see docs/operations.md#pgbouncer)",
     )
 
 
@@ -271,7 +384,8 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     That query (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) undoes
     session state, and pooled connections never get any: no advisory lock (migrations take
     theirs on a connection of their own), no LISTEN, no cursor outside a transaction, no SET
-    but the start-up settings, which RESET ALL would not undo anyway. What could leak, an open
+    but the start-up settings, which RESET ALL would not undo anyway (tests/unit/test_pooled_sql.py
+    keeps it so, as PgBouncer's transaction mode needs too). What could leak, an open
     transaction, asyncpg still ends locally before this is called (ROLLBACK, only then).
     """
 

@@ -54,6 +54,10 @@ PRIVATE_NETWORKS: tuple[IPNetwork, ...] = tuple(
 )
 
 
+# asyncpg's own default size of a connection's prepared-statement cache.
+ASYNCPG_STATEMENT_CACHE = 100
+
+
 class ConfigError(Exception):
     """A setting has a bad value; the message names the variable."""
 
@@ -145,6 +149,15 @@ class Settings:
         default_doc="unset: embedded",
         unset=lambda s: f"embedded PostgreSQL in {s.data_dir / 'pgdata'}",
     )
+    migrate_database_url: str | None = setting(
+        None,
+        parse.database_url,
+        "a direct connection (never through PgBouncer) for `authsvc migrate` and `serve`'s migrations on start,"
+        " which hold a session-level lock",
+        mask=mask_url,
+        default_doc="`AUTHSVC_DATABASE_URL`",
+        unset=lambda s: "AUTHSVC_DATABASE_URL's",
+    )
     host: str = setting("127.0.0.1", parse.text, "the address `serve` listens on (`--host` overrides)")
     port: int = setting(8080, parse.whole(1, 65535), "the port `serve` listens on (`--port` overrides)")
     workers: int = setting(
@@ -166,6 +179,21 @@ class Settings:
         2, parse.whole(1, 100), "asyncpg pool size per process: connections kept open (at most `AUTHSVC_DB_POOL_MAX`)"
     )
     db_pool_max: int = setting(10, parse.whole(1, 500), "asyncpg pool size per process: the most open at once")
+    db_pgbouncer: bool = setting(
+        False,
+        parse.boolean,
+        "`true`: `AUTHSVC_DATABASE_URL` is a PgBouncer in transaction mode (see [PgBouncer](operations.md#pgbouncer)):"
+        " no startup parameter but `application_name`, the statement timeout is the role's and checked at start,"
+        " no prepared-statement cache unless `AUTHSVC_DB_STATEMENT_CACHE_SIZE` says so",
+    )
+    db_statement_cache_size: int | None = setting(
+        None,
+        parse.whole(0, 10_000),
+        "prepared statements asyncpg keeps per connection; `0` before PgBouncer 1.21 (each statement then costs"
+        " two round trips), keep it with a PgBouncer 1.21+ whose `max_prepared_statements` is set",
+        default_doc="`100`; `0` with `AUTHSVC_DB_PGBOUNCER=true`",
+        unset=lambda s: str(s.statement_cache_size),
+    )
 
     token_secret: str | None = setting(
         None,
@@ -367,6 +395,17 @@ class Settings:
         return self.public_base_url or f"http://{self.host}:{self.port}"
 
     @property
+    def migrate_url(self) -> str | None:
+        """Where migrations connect: their own direct URL, else the service's."""
+        return self.migrate_database_url or self.database_url
+
+    @property
+    def statement_cache_size(self) -> int:
+        if self.db_statement_cache_size is not None:
+            return self.db_statement_cache_size
+        return 0 if self.db_pgbouncer else ASYNCPG_STATEMENT_CACHE
+
+    @property
     def keys_file(self) -> Path:
         return self.signing_keys_file or self.data_dir / "keys" / "signing-keys.json"
 
@@ -412,6 +451,18 @@ def validate(settings: Settings) -> None:
         raise ConfigError(env_name("login_backoff_base_ms"), "must not exceed AUTHSVC_LOGIN_BACKOFF_MAX_MS")
     if settings.session_idle_timeout > settings.session_lifetime:
         raise ConfigError(env_name("session_idle_timeout"), "must not exceed AUTHSVC_SESSION_LIFETIME")
+    if settings.migrate_database_url is not None and settings.database_url is None:
+        raise ConfigError(
+            env_name("migrate_database_url"), "set only with AUTHSVC_DATABASE_URL (the embedded database is direct)"
+        )
+    if settings.db_pgbouncer and settings.database_url is None:
+        raise ConfigError(env_name("db_pgbouncer"), "needs AUTHSVC_DATABASE_URL (the PgBouncer's URL)")
+    if settings.db_pgbouncer and settings.migrate_on_start and settings.migrate_database_url is None:
+        raise ConfigError(
+            env_name("migrate_database_url"),
+            "must be set (the database itself, not PgBouncer) while AUTHSVC_DB_PGBOUNCER is true and"
+            " AUTHSVC_MIGRATE_ON_START is true: migrations hold a session-level lock",
+        )
     if settings.token_secret is not None and settings.token_secret == settings.password_pepper:
         raise ConfigError(env_name("password_pepper"), "must differ from AUTHSVC_TOKEN_SECRET")
 

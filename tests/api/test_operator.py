@@ -37,6 +37,8 @@ def _env(settings: Settings, tmp_path: Path, **extra: str) -> dict[str, str]:
         AUTHSVC_BCRYPT_ROUNDS=str(settings.bcrypt_rounds),
         AUTHSVC_DATA_DIR=str(tmp_path),
     )
+    if settings.db_pgbouncer:  # AUTHSVC_TEST_PGBOUNCER: the commands go through it too
+        env.update(AUTHSVC_DB_PGBOUNCER="true", AUTHSVC_MIGRATE_DATABASE_URL=str(settings.migrate_url))
     env.update(extra)
     return env
 

@@ -29,6 +29,8 @@ async def hop(database_url: str) -> AsyncIterator[RoundTrips]:
 
 @pytest.fixture
 async def counted(aiohttp_client: Any, base_settings: Settings, hop: RoundTrips) -> Any:
+    if base_settings.db_pgbouncer:
+        pytest.skip("through PgBouncer 1.18 statements are not cached, so each is two round trips (docs/operations.md)")
     url = await hop.start()
     # One pooled connection: every statement a request makes goes over it, in order.
     app = create_app(base_settings.replace(database_url=url, db_pool_min=1, db_pool_max=1))

@@ -11,6 +11,7 @@ import pytest
 from authsvc import settings as config
 from authsvc.auth.keyring import KeyFile
 from authsvc.cli import secretfiles
+from authsvc.db import pool
 from authsvc.settings import ConfigError, Settings
 
 GOOD_SECRET = secrets.token_urlsafe(48)
@@ -113,6 +114,51 @@ def test_cross_checks():
         config.from_env({"AUTHSVC_DB_POOL_MIN": "20", "AUTHSVC_DB_POOL_MAX": "5"})
     with pytest.raises(ConfigError, match="AUTHSVC_PASSWORD_PEPPER"):
         config.from_env({"AUTHSVC_TOKEN_SECRET": GOOD_SECRET, "AUTHSVC_PASSWORD_PEPPER": GOOD_SECRET})
+
+
+def test_behind_pgbouncer_the_pool_keeps_no_statements_and_sends_no_timeout():
+    direct = config.from_env({"AUTHSVC_DATABASE_URL": "postgresql://u@db/a"})
+    assert (direct.db_pgbouncer, direct.statement_cache_size) == (False, 100)
+    assert pool.pool_parameters(direct) == {"application_name": "authsvc", "statement_timeout": "5000"}
+    assert direct.migrate_url == "postgresql://u@db/a"
+    bounced = config.from_env({
+        "AUTHSVC_DATABASE_URL": "postgresql://u@pgbouncer:6432/a",
+        "AUTHSVC_DB_PGBOUNCER": "true",
+        "AUTHSVC_MIGRATE_DATABASE_URL": "postgresql://u@db/a",
+    })
+    assert bounced.statement_cache_size == 0
+    # PgBouncer refuses every startup parameter it does not track; application_name it does.
+    assert pool.pool_parameters(bounced) == {"application_name": "authsvc"}
+    assert bounced.migrate_url == "postgresql://u@db/a"
+    # A PgBouncer 1.21+ with max_prepared_statements can keep asyncpg's cache.
+    assert bounced.replace(db_statement_cache_size=100).statement_cache_size == 100
+    assert direct.replace(db_statement_cache_size=0).statement_cache_size == 0
+
+
+def test_behind_pgbouncer_migrations_on_start_need_a_direct_url():
+    bounced = {"AUTHSVC_DATABASE_URL": "postgresql://u@pgbouncer:6432/a", "AUTHSVC_DB_PGBOUNCER": "true"}
+    with pytest.raises(ConfigError, match="AUTHSVC_MIGRATE_DATABASE_URL: must be set"):
+        config.from_env(bounced)
+    # Replicas that leave migrating to a job (which connects directly) need none.
+    assert config.from_env({**bounced, "AUTHSVC_MIGRATE_ON_START": "false"}).migrate_database_url is None
+    with pytest.raises(ConfigError, match="AUTHSVC_DB_PGBOUNCER"):
+        config.from_env({"AUTHSVC_DB_PGBOUNCER": "true", "AUTHSVC_MIGRATE_ON_START": "false"})
+    with pytest.raises(ConfigError, match="AUTHSVC_MIGRATE_DATABASE_URL: set only with AUTHSVC_DATABASE_URL"):
+        config.from_env({"AUTHSVC_MIGRATE_DATABASE_URL": "postgresql://u@db/a"})
+    with pytest.raises(ConfigError, match="AUTHSVC_DB_STATEMENT_CACHE_SIZE"):
+        config.from_env({"AUTHSVC_DB_STATEMENT_CACHE_SIZE": "-1"})
+
+
+def test_the_migration_url_is_masked_like_the_database_url():
+    s = config.from_env({
+        "AUTHSVC_DATABASE_URL": "postgresql://app:hunter2hunter2@pgbouncer:6432/a",
+        "AUTHSVC_MIGRATE_DATABASE_URL": "postgresql://owner:swordfish99@db:5432/a",
+    })
+    assert config.shown(s, "migrate_database_url") == "postgresql://owner:***@db:5432/a"
+    assert "swordfish99" not in repr(s)
+    assert config.shown(s.replace(migrate_database_url=None), "migrate_database_url") == (
+        "(unset: AUTHSVC_DATABASE_URL's)"
+    )
 
 
 def test_secrets_never_in_repr():
