@@ -26,8 +26,10 @@ CREDENTIALS = web.AppKey("credentials", "Credentials")
 ACCOUNTS = web.AppKey("accounts", "Accounts")
 OPENAPI = web.AppKey("openapi", bytes)  # the document, as served
 
-# Set by the bearer middleware on protected routes.
+# Set by the bearer middleware on protected routes: the user, or for a route whose statement
+# checks the session itself (middlewares.checks_session), what that statement is to check.
 CURRENT_USER = web.RequestKey("current_user", "User")
 CURRENT_SESSION = web.RequestKey("current_session", uuid.UUID)
+LIVE_SESSION = web.RequestKey("live_session", "LiveSession")
 # Set by the observe middleware on every request.
 REQUEST_ID = web.RequestKey("request_id", str)

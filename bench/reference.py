@@ -8,13 +8,11 @@ marshmallow, no error handling of ours. Each request decodes the bearer JWT the 
 does (PyJWT, the algorithm pinned to the key's, audience, issuer, leeway and required claims
 checked) with the public key authsvc publishes at /.well-known/jwks.json, then runs the very
 statements authsvc runs, over an asyncpg pool of the same size: the session query behind
-every authenticated request (authsvc.repo.sessions.select_session_user), plus for /todos the
-first page (authsvc.repo.todos.select_page, limit 50). The statement texts are taken from
-those functions when this module loads (they are called once with a connection that only
-records), so the two servers cannot drift apart. The answers are the same JSON documents.
-
-One acquire per request serves both statements of /todos (authsvc acquires twice: once in
-its middleware, once in the handler). With --workers N > 1 the workers are spawned processes
+every authenticated request (authsvc.db.repo.sessions.LIVE_USER) for /users/me, and for
+/todos the first page joined to that check in one statement (authsvc.db.repo.todos.PAGE,
+limit 50), imported from authsvc so the two servers cannot drift apart; its pool, like
+authsvc's, releases connections without a reset query. The answers are the same JSON
+documents. With --workers N > 1 the workers are spawned processes
 sharing the port with SO_REUSEPORT, as `authsvc serve --workers N` does; with 1, the process
 serves itself. The event loop is uvloop where installed, as in authsvc.
 """
@@ -35,60 +33,13 @@ import asyncpg
 import jwt
 from aiohttp import web
 
+from authsvc.db.pool import keep_session
+from authsvc.db.repo.sessions import LIVE_USER
+from authsvc.db.repo.todos import PAGE
+
 from .server import Service, bare_server, serve_app, serve_bare
 
-# --- the statements, as authsvc sends them ---
-
-
-class _Recorder:
-    """Stands in for an asyncpg connection: keeps the statement and its arguments."""
-
-    def __init__(self) -> None:
-        self.query = ""
-        self.args: tuple[Any, ...] = ()
-
-    async def fetchrow(self, query: str, *args: Any) -> None:
-        self.query, self.args = query, args
-        return None
-
-    async def fetch(self, query: str, *args: Any) -> list[Any]:
-        self.query, self.args = query, args
-        return []
-
-
-def _statement(call: Any, *args: Any, **kwargs: Any) -> tuple[str, list[int]]:
-    """The SQL text a repo function sends, and where each of our arguments (positional, then
-    keyword in the order given) goes in it."""
-    recorder = _Recorder()
-    coro = call(recorder, *args, **kwargs)
-    try:
-        coro.send(None)  # the recorder never suspends: the call ends in StopIteration
-    except StopIteration:
-        pass
-    else:
-        coro.close()
-        raise RuntimeError(f"{call.__qualname__} awaited something else than its statement")
-    given = [*args, *kwargs.values()]
-    order = [next(i for i, sent in enumerate(given) if sent is arg) for arg in recorder.args]
-    return recorder.query, order
-
-
-def _statements() -> tuple[tuple[str, list[int]], tuple[str, list[int]]]:
-    from authsvc.db.repo import sessions, todos
-
-    marks = [object() for _ in range(5)]
-    page = _statement(
-        todos.select_page, marks[0], limit=marks[1], after=marks[2], offset=marks[3], completed=marks[4]
-    )
-    return _statement(sessions.select_session_user, *marks[:3]), page
-
-
-(SESSION_USER_SQL, SESSION_USER_ORDER), (TODO_PAGE_SQL, TODO_PAGE_ORDER) = _statements()
 PAGE_LIMIT = 50  # authsvc's default for GET /todos
-
-
-def _bind(order: list[int], *args: Any) -> list[Any]:
-    return [args[i] for i in order]
 
 
 # --- the app ---
@@ -158,9 +109,8 @@ def create_app(config: Config) -> web.Application:
         claims = claims_of(request)
         if claims is None:
             return unauthorized
-        session_args = _bind(SESSION_USER_ORDER, uuid.UUID(claims["sid"]), int(claims["sub"]), idle)
         async with request.app[POOL].acquire() as conn:
-            row = await conn.fetchrow(SESSION_USER_SQL, *session_args)
+            row = await conn.fetchrow(LIVE_USER, uuid.UUID(claims["sid"]), int(claims["sub"]), idle)
         if row is None:
             return unauthorized
         return web.json_response(user_json(row))
@@ -169,13 +119,11 @@ def create_app(config: Config) -> web.Application:
         claims = claims_of(request)
         if claims is None:
             return unauthorized
-        session_args = _bind(SESSION_USER_ORDER, uuid.UUID(claims["sid"]), int(claims["sub"]), idle)
         async with request.app[POOL].acquire() as conn:
-            row = await conn.fetchrow(SESSION_USER_SQL, *session_args)
-            if row is None:
-                return unauthorized
-            rows = await conn.fetch(TODO_PAGE_SQL, *_bind(TODO_PAGE_ORDER, row["id"], PAGE_LIMIT, 0, 0, None))
-        return web.json_response([todo_json(r) for r in rows])
+            rows = await conn.fetch(PAGE, uuid.UUID(claims["sid"]), int(claims["sub"]), idle, None, 0, PAGE_LIMIT, 0)
+        if not rows:
+            return unauthorized
+        return web.json_response([todo_json(r) for r in rows if r["id"] is not None])
 
     async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ready"})
@@ -186,6 +134,7 @@ def create_app(config: Config) -> web.Application:
             min_size=config.pool_min,
             max_size=config.pool_max,
             server_settings={"application_name": "authsvc-bench-reference"},
+            reset=keep_session,  # as authsvc's pool: no reset round trip
         )
         yield
         await app[POOL].close()

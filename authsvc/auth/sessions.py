@@ -20,6 +20,7 @@ from typing import Any
 from authsvc.auth.tokens import AccessClaims, TokenService
 from authsvc.db.pool import Database
 from authsvc.db.repo import sessions as session_repo
+from authsvc.db.repo.sessions import LiveSession
 from authsvc.db.repo.users import User
 from authsvc.errors import InvalidGrant, InvalidToken
 
@@ -101,11 +102,19 @@ class Sessions:
         async with self._pool.acquire() as conn:
             return await session_repo.revoke_all(conn, user_id, reason, keep)
 
+    def claims_of(self, access_token: str) -> AccessClaims:
+        """A valid access token's claims, its session not yet checked; InvalidToken otherwise."""
+        return self._tokens.verify(access_token)
+
+    def live(self, claims: AccessClaims) -> LiveSession:
+        """The session check of these claims, for a statement that makes it with its own work."""
+        return LiveSession(claims.session_id, claims.user_id, self._idle)
+
     async def user_of(self, access_token: str) -> tuple[User, AccessClaims]:
         """The user and claims of a valid access token whose session is live; InvalidToken otherwise."""
         claims = self._tokens.verify(access_token)
         async with self._pool.acquire() as conn:
-            user = await session_repo.select_session_user(conn, claims.session_id, claims.user_id, self._idle)
+            user = await session_repo.select_session_user(conn, self.live(claims))
         if user is None:  # logged out, expired, or the user is gone
             raise InvalidToken()
         return user, claims

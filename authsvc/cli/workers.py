@@ -47,7 +47,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop's event loop where uvloop is installed (`pip install uvloop`), else asyncio's."""
+    """uvloop's event loop (a dependency, where the platform has it), else asyncio's."""
     try:
         import uvloop
     except ImportError:

@@ -220,12 +220,17 @@ class _Acquire:
         # a task per acquire, which cost about 5% of a simple read's CPU time.
         self._ctx = db.pool.acquire()
         try:
-            async with asyncio.timeout(db._settings.db_acquire_timeout):
+            if db.pool.get_idle_size():
+                # A live connection waits in the pool's queue (which hands those out first):
+                # taken at once, so no timer to arm and cancel.
                 self._conn: asyncpg.Connection = await self._ctx.__aenter__()
-                return self._conn
+            else:
+                async with asyncio.timeout(db._settings.db_acquire_timeout):
+                    self._conn = await self._ctx.__aenter__()
         except UNAVAILABLE_ERRORS as exc:
             await db.failed(exc)
             raise
+        return self._conn
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -260,6 +265,7 @@ async def create_pool(s: Settings) -> asyncpg.Pool:
         command_timeout=s.db_statement_timeout + CLIENT_MARGIN,  # a server that went silent
         statement_cache_size=s.statement_cache_size,  # 0 behind a PgBouncer before 1.21
         server_settings=pool_parameters(s),
+        reset=keep_session,
     )
 
 
@@ -370,6 +376,18 @@ async def _check_statement_timeout(conn: asyncpg.Connection, s: Settings) -> Non
         f" ALTER ROLE \"{role}\" IN DATABASE \"{database}\" SET statement_timeout = '{wanted}ms'"
         " (see docs/operations.md#pgbouncer)",
     )
+
+
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection without asyncpg's reset query, a round trip per request.
+
+    That query (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) undoes
+    session state, and pooled connections never get any: no advisory lock (migrations take
+    theirs on a connection of their own), no LISTEN, no cursor outside a transaction, no SET
+    but the start-up settings, which RESET ALL would not undo anyway (tests/unit/test_pooled_sql.py
+    keeps it so, as PgBouncer's transaction mode needs too). What could leak, an open
+    transaction, asyncpg still ends locally before this is called (ROLLBACK, only then).
+    """
 
 
 async def prepare_schema(conn: asyncpg.Connection, apply: bool) -> None:

@@ -8,8 +8,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from authsvc.appkeys import CURRENT_SESSION, CURRENT_USER, SESSIONS
+from authsvc.appkeys import CURRENT_SESSION, CURRENT_USER, LIVE_SESSION, SESSIONS
 from authsvc.db.pool import CONTENTION_ERRORS, UNAVAILABLE_ERRORS, Contended
+from authsvc.db.repo.sessions import SessionNotLive
 from authsvc.errors import (
     ApiError,
     ClientGone,
@@ -18,7 +19,8 @@ from authsvc.errors import (
     Unauthorized,
     Unavailable,
 )
-from authsvc.observability.logs import client_text
+from authsvc.http.answers import json_response
+from authsvc.observability.logs import client_text, note_user
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,16 @@ def public(handler: F) -> F:
     return handler
 
 
+def checks_session(handler: F) -> F:
+    """Mark a protected handler whose own statement checks the session (sessions.LIVE_USER
+    joined to its work: one round trip): the middleware verifies the token, hands the handler
+    request[LIVE_SESSION] and answers 401 when that statement raises SessionNotLive."""
+    handler.authsvc_checks_session = True  # type: ignore[attr-defined]
+    return handler
+
+
 def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(body, status=status, headers=headers)
+    return json_response(body, status=status, headers=headers)
 
 
 @web.middleware
@@ -114,7 +124,25 @@ def bearer_token(request: web.Request) -> str:
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if _is_public(request):
         return await handler(request)
-    user, claims = await request.app[SESSIONS].user_of(bearer_token(request))
+    sessions = request.app[SESSIONS]
+    token = bearer_token(request)
+    if getattr(request.match_info.handler, "authsvc_checks_session", False):
+        claims = sessions.claims_of(token)
+        request[CURRENT_SESSION] = claims.session_id
+        request[LIVE_SESSION] = sessions.live(claims)
+        try:
+            response = await handler(request)
+        except SessionNotLive:
+            raise InvalidToken() from None
+        except ApiError:
+            # Refused before its statement ran, perhaps (a bad query): an ended session's
+            # token is still answered 401 first, as on every other route.
+            await sessions.user_of(token)
+            note_user(claims.user_id)
+            raise
+        note_user(claims.user_id)
+        return response
+    user, claims = await sessions.user_of(token)
     request[CURRENT_USER] = user
     request[CURRENT_SESSION] = claims.session_id
     return await handler(request)

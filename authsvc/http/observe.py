@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import re
 import time
-import uuid
 
 from aiohttp import web
 
@@ -30,7 +31,7 @@ SANE_ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
 def request_id(given: str | None) -> str:
     if given is not None and SANE_ID.fullmatch(given) and not logs.TOKEN_SHAPED.search(given):
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, for a fraction of its cost
 
 
 def route_of(request: web.Request) -> str:
@@ -63,9 +64,14 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         seconds = time.perf_counter() - started
         route = route_of(request)
         request.app[METRICS].request(route, request.method, status, seconds)
-        if access_log.isEnabledFor(logging.INFO):
+        if access_log.isEnabledFor(logging.INFO) and _logged(status, request.app[SETTINGS].access_log_successes):
             _access_line(request, route, status, seconds, ctx)
         logs.current.reset(token)
+
+
+def _logged(status: int, successes: float) -> bool:
+    """Every refused or failed request; successes sampled (AUTHSVC_ACCESS_LOG_SUCCESSES)."""
+    return status >= 400 or successes >= 1 or (successes > 0 and random.random() < successes)
 
 
 def _access_line(request: web.Request, route: str, status: int, seconds: float, ctx: logs.RequestContext) -> None:

@@ -9,15 +9,17 @@ aiohttp's parser, whose error messages quote what the client sent (MalformedRequ
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import sys
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import RequestPayloadError
 
@@ -68,10 +70,36 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
+class _Timestamps:
+    """`2026-12-02T13:52:09.123+00:00` for a record's time, the part up to the second
+    computed once per second rather than through a datetime per line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((created - second) * 1000):03d}+00:00"
+
+
+def _dumps(line: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(line, default=str).decode()
+    except TypeError:  # what orjson cannot write even through str (an int past 64 bits): json can
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._timestamp = _Timestamps()
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "timestamp": self._timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -83,7 +111,7 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return _dumps(line)
 
 
 class TextFormatter(logging.Formatter):
@@ -141,8 +169,56 @@ def quiet_malformed_requests() -> None:
         logger.addFilter(_MALFORMED)
 
 
+class LoopBatchedStream(logging.StreamHandler):  # type: ignore[type-arg]
+    """Lines logged on a running event loop are written together once per loop iteration:
+    one write and flush for a burst of access lines, rather than a write and a flush each.
+    Lines logged off any loop (start-up, threads) are written at once, after what is pending;
+    what is pending at exit is written by logging's shutdown (flush)."""
+
+    MAX_PENDING = 512  # written at once past this, whatever the loop does
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self._pending.append(line)
+        if loop is None or len(self._pending) >= self.MAX_PENDING:
+            self.flush()
+        elif self._scheduled_on is not loop:  # also when the loop it was scheduled on ended first
+            self._scheduled_on = loop
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self.lock:
+            self._scheduled_on = None
+            if not self._pending:
+                return
+            text, self._pending = "".join(self._pending), []
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except Exception:  # a closed or broken stderr must not fail the request that logged
+                pass
+
+
 def setup(level: str, fmt: str = "json") -> None:
     """Send every log line to stderr in the chosen format (replacing earlier set-up)."""
-    handler = logging.StreamHandler(sys.stderr)
+    # The logging HOWTO's optimisations for what no line of ours shows: the caller's file and
+    # line (a walk up the stack per record), the thread and the multiprocessing names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    handler = LoopBatchedStream(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -347,6 +347,12 @@ class Settings:
     log_format: str = setting(
         "json", parse.log_format, "`json`: one JSON object per line; `text`: plain lines for a terminal"
     )
+    access_log_successes: float = setting(
+        1.0,
+        parse.share,
+        "share of successful requests (status below 400) that get an access line: 1 all, 0.01 one in a"
+        " hundred, 0 none; refused and failed requests always get one",
+    )
     # Database faults: asyncpg waits forever by default; every wait here is bounded.
     db_connect_timeout: float = setting(
         5.0, parse.seconds(0.1, 300), "seconds (decimals allowed) to open a database connection"

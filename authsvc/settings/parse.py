@@ -40,6 +40,17 @@ def seconds(lo: float, hi: float) -> Callable[[str], float]:
     return parse
 
 
+def share(raw: str) -> float:
+    """A fraction from 0 to 1 (0.01: one in a hundred)."""
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("must be a share from 0 to 1 (0.01: one in a hundred)") from None
+    if not 0 <= value <= 1:  # also refuses nan
+        raise ValueError("must be a share from 0 to 1 (0.01: one in a hundred)")
+    return value
+
+
 def boolean(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):

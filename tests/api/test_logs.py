@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import re
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 from helpers import PASSWORD, bearer, signup
 
-from authsvc.observability.logs import JsonFormatter, TextFormatter
+from authsvc.observability.logs import JsonFormatter, LoopBatchedStream, TextFormatter
 
 EMAIL = "logged@example.com"
 WRONG = "not the password at all"
@@ -226,3 +228,64 @@ def test_text_lines_put_fields_before_the_traceback():
     first, *rest = TextFormatter().format(record).splitlines()
     assert first.endswith("ERROR authsvc.x: failed here [request_id=abc]")
     assert "ValueError: boom" in rest[-1]
+
+
+@pytest.mark.parametrize(("successes", "logged_ok"), [(0.0, 0), (1.0, 20)])
+async def test_success_lines_can_be_turned_off_but_refusals_are_always_logged(make_client, logged, successes, logged_ok):
+    sampled = await make_client(access_log_successes=successes)
+    oks = [await sampled.get("/healthz") for _ in range(20)]
+    refused = [await sampled.get("/users/me") for _ in range(3)]
+    assert {r.status for r in oks} == {200} and {r.status for r in refused} == {401}
+    access = [p for p in logged.parsed if p["logger"] == "authsvc.access"]
+    assert sum(p["status"] == 200 for p in access) == logged_ok
+    assert sorted(p["request_id"] for p in access if p["status"] == 401) == sorted(r.headers["X-Request-ID"] for r in refused)
+    metrics = await (await sampled.get("/metrics")).text()  # counted all the same
+    assert 'authsvc_http_requests_total{method="GET",route="/healthz",status="200"} 20.0' in metrics
+
+
+async def test_a_sampled_share_of_success_lines_is_about_that_share(make_client, logged):
+    sampled = await make_client(access_log_successes=0.25)
+    for _ in range(400):
+        assert (await sampled.get("/healthz")).status == 200
+    count = sum(p["logger"] == "authsvc.access" for p in logged.parsed)
+    assert 40 <= count <= 180, count  # 100 expected; this far off is less likely than one in a billion
+
+
+def test_lines_logged_on_a_loop_are_written_together_once_per_iteration_and_in_order():
+    stream = io.StringIO()
+    handler = LoopBatchedStream(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("authsvc.test.batched")
+    log.addHandler(handler)
+    log.propagate = False
+    seen: list[str] = []
+    try:
+        log.warning("before the loop")  # no loop: at once
+        assert stream.getvalue() == "before the loop\n"
+
+        async def burst() -> None:
+            for n in range(3):
+                log.warning("line %d", n)
+            seen.append(stream.getvalue())  # nothing yet: the iteration has not ended
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            seen.append(stream.getvalue())
+            log.warning("left pending")
+
+        asyncio.run(burst())
+        # The loop ended with a line pending: the next line, off any loop, comes after it.
+        log.warning("after the loop")
+        assert seen == ["before the loop\n", "before the loop\nline 0\nline 1\nline 2\n"]
+        assert stream.getvalue().splitlines()[-2:] == ["left pending", "after the loop"]
+        # A new loop schedules its own write, though the ended one never ran the first.
+        asyncio.run(_log_and_yield(log, "on a second loop"))
+        assert stream.getvalue().endswith("on a second loop\n")
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+
+
+async def _log_and_yield(log: logging.Logger, message: str) -> None:
+    log.warning(message)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)

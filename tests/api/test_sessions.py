@@ -350,6 +350,41 @@ async def test_logout_ends_only_the_current_session(client, user, db):
     assert await me_status(client, (await refreshed(client, other["refresh_token"]))["access_token"]) == 200
 
 
+# Every protected route, some with input it would refuse: an ended session is a 401 first,
+# whether the route checks the session in its own statement (one round trip) or before it.
+AFTER_LOGOUT = [
+    ("GET", "/users/me", None),
+    ("PATCH", "/users/me", {"first_name": "X"}),
+    ("POST", "/users/me/password", {"current_password": PASSWORD, "new_password": "a whole new passphrase"}),
+    ("DELETE", "/users/me", None),
+    ("GET", "/todos", None),
+    ("GET", "/todos?limit=0", None),
+    ("GET", "/todos?completed=maybe", None),
+    ("POST", "/todos", {"text": "x"}),
+    ("GET", "/todos/{id}", None),
+    ("GET", "/todos/not-an-id", None),
+    ("GET", "/todos/999999", None),
+    ("PATCH", "/todos/{id}", {"completed": True}),
+    ("PUT", "/todos/{id}", {"text": "y", "completed": False}),
+    ("DELETE", "/todos/{id}", None),
+    ("POST", "/auth/logout", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), AFTER_LOGOUT, ids=[f"{m} {p}" for m, p, _ in AFTER_LOGOUT])
+async def test_an_ended_session_is_refused_on_every_protected_route(client, user, db, method, path, body):
+    pair = await start_session(client)
+    token = pair["access_token"]
+    resp = await client.post("/todos", json={"text": "kept"}, headers=bearer(token))
+    todo_id = (await resp.json())["id"]
+    resp = await client.post("/auth/logout", headers=bearer(token))
+    assert resp.status == 204
+    resp = await client.request(method, path.format(id=todo_id), json=body, headers=bearer(token))
+    await assert_error(resp, 401, "invalid_token")
+    assert await db.fetchval("SELECT text FROM todos WHERE id = $1", todo_id) == "kept"
+    assert await db.fetchval("SELECT count(*) FROM users") == 1
+
+
 async def test_logout_scope_all_ends_every_session(client, user, db):
     pairs = [await start_session(client) for _ in range(3)]
     resp = await client.post("/auth/logout?scope=all", headers=bearer(pairs[0]["access_token"]))
@@ -629,3 +664,13 @@ async def test_token_endpoint_refresh_as_json_is_invalid_request(client, user, d
     await assert_error(resp, 400, "invalid_request")
     assert await db.fetchval("SELECT count(*) FROM refresh_tokens WHERE used_at IS NOT NULL") == 0
 
+
+
+def test_every_protected_route_is_in_the_ended_session_test(app):
+    listed = {(m, p.split("?")[0].replace("not-an-id", "{id}").replace("999999", "{id}")) for m, p, _ in AFTER_LOGOUT}
+    protected = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method not in ("HEAD", "OPTIONS", "*") and not getattr(route.handler, "authsvc_public", False)
+    }
+    assert protected <= listed, protected - listed

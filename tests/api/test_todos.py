@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 from helpers import bearer, login, signup
 
 from authsvc.auth.ids import MAX_ID
 from authsvc.db.repo import todos
+from authsvc.db.repo.sessions import LiveSession
 from authsvc.db.repo.todos import Todo
 from authsvc.db.repo.users import User
 from authsvc.http.schemas import (
@@ -485,10 +488,23 @@ def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _literal(value: Any) -> str:
+    if isinstance(value, uuid.UUID):
+        return f"'{value}'"
+    if isinstance(value, timedelta):
+        return f"'{value.total_seconds()} seconds'"
     return "NULL" if value is None else str(value).lower() if isinstance(value, bool) else str(int(value))
 
 
-async def test_every_page_is_one_short_range_of_the_owner_index(client, auth, other, database_url):
+def _page_subtree(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Limit node over the todos scan: the page itself, under the session check's join
+    (and the sort of its at most `limit` rows, by id, for the answer's order)."""
+    limits = [n for n in nodes if n["Node Type"] == "Limit" and any(
+        c.get("Relation Name") == "todos" for c in _plan_nodes(n))]
+    assert len(limits) == 1, nodes
+    return limits[0]
+
+
+async def test_every_page_is_one_short_range_of_the_owner_index(client, auth, other, database_url, settings):
     """EXPLAIN of the very statement select_page sends, on a table where the owner's todos come
     first and last with everyone else's between (as an account used, left and came back):
     for each completed filter, at the first page, across the gap and at the end, both in the
@@ -502,14 +518,17 @@ async def test_every_page_is_one_short_range_of_the_owner_index(client, auth, ot
     early = await insert_todos(database_url, owner, 400)
     await insert_todos(database_url, them, 24_000)
     late = await insert_todos(database_url, owner, 400)
+    claims = jwt.decode(auth["Authorization"].split()[1], options={"verify_signature": False})
+    live = LiveSession(uuid.UUID(claims["sid"]), owner, timedelta(seconds=settings.session_idle_timeout))
+    owned = {*early, *late}
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("ANALYZE todos")
         for completed in (None, True, False):
             for after in (0, early[-10], late[-1]):
                 recording = Recording(conn)
-                page = await todos.select_page(recording, owner, limit=50, after=after, completed=completed)
-                assert all(t.owner_id == owner and t.id > after for t in page)
+                page = await todos.select_page(recording, live, limit=50, after=after, completed=completed)
+                assert all(t["id"] in owned and t["id"] > after for t in page)
                 ((sql, args),) = recording.sent
                 custom = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
                 await conn.execute(f"PREPARE page AS {sql}")
@@ -520,12 +539,13 @@ async def test_every_page_is_one_short_range_of_the_owner_index(client, auth, ot
                 for kind, plan in (("custom", custom), ("generic", generic)):
                     nodes = _plan_nodes(json.loads(plan)[0]["Plan"])
                     where = (completed, after, kind)
-                    scans = [n for n in nodes if "Scan" in n["Node Type"]]
+                    page_nodes = _plan_nodes(_page_subtree(nodes))
+                    scans = [n for n in nodes if "Scan" in n["Node Type"] and n.get("Relation Name") == "todos"]
                     assert [(n["Node Type"], n.get("Index Name")) for n in scans] == [
                         ("Index Scan", "todos_owner_id_idx")
                     ], (where, nodes)
-                    assert not [n for n in nodes if n["Node Type"] == "Sort"], where
-                    blocks = nodes[0]["Shared Hit Blocks"] + nodes[0]["Shared Read Blocks"]
+                    assert not [n for n in page_nodes if n["Node Type"] == "Sort"], where
+                    blocks = page_nodes[0]["Shared Hit Blocks"] + page_nodes[0]["Shared Read Blocks"]
                     assert blocks <= 12, (where, blocks)
     finally:
         await conn.close()

@@ -95,24 +95,37 @@ async def revoke_all(
     return int(result.split()[-1])
 
 
-async def select_session_user(
-    conn: asyncpg.Connection, session_id: uuid.UUID, user_id: int, idle: timedelta
-) -> User | None:
-    """The user of a live session: the one query behind every authenticated request.
+class SessionNotLive(Exception):
+    """A statement that checks the session with its work found it ended, expired or idle."""
 
-    A disabled user has no live session, even one that began while disabling was under way.
-    """
-    row = await conn.fetchrow(
-        f"""
+
+@dataclass(frozen=True)
+class LiveSession:
+    """What an access token claims (its session and user) and how long a session may idle:
+    the parameters $1 to $3 of LIVE_USER, in that order."""
+
+    session_id: uuid.UUID
+    user_id: int
+    idle: timedelta
+
+    @property
+    def params(self) -> tuple[uuid.UUID, int, timedelta]:
+        return self.session_id, self.user_id, self.idle
+
+
+# The user of a live session: the check behind every authenticated request, on its own or as
+# the first part of a route's statement (one round trip). A disabled user has no live session,
+# even one that began while disabling was under way.
+LIVE_USER = f"""
         SELECT {", ".join("u." + c.strip() for c in USER_COLUMNS.split(","))}
           FROM sessions s JOIN users u ON u.id = s.user_id
          WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND u.disabled_at IS NULL
            AND s.expires_at > now() AND s.last_used_at > now() - $3::interval
-        """,
-        session_id,
-        user_id,
-        idle,
-    )
+"""
+
+
+async def select_session_user(conn: asyncpg.Connection, live: LiveSession) -> User | None:
+    row = await conn.fetchrow(LIVE_USER, *live.params)
     return User(**row) if row is not None else None
 
 

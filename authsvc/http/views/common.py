@@ -6,6 +6,7 @@ from aiohttp import web
 
 from authsvc.appkeys import SETTINGS
 from authsvc.http.addresses import client_address as resolve
+from authsvc.http.answers import json_response
 
 
 def client_address(request: web.Request) -> str:
@@ -19,4 +20,4 @@ TOKEN_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def tokens_response(body: dict[str, Any]) -> web.Response:
-    return web.json_response(body, headers=TOKEN_HEADERS)
+    return json_response(body, headers=TOKEN_HEADERS)

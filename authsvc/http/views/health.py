@@ -7,6 +7,7 @@ from aiohttp import web
 from authsvc.appkeys import POOL
 from authsvc.db.pool import UNAVAILABLE_ERRORS
 from authsvc.errors import Unavailable
+from authsvc.http.answers import json_response
 from authsvc.http.middlewares import public
 
 routes = web.RouteTableDef()
@@ -18,7 +19,7 @@ READY_TIMEOUT = 2.0
 @public
 async def healthz(request: web.Request) -> web.Response:
     """The process is up and its event loop answers."""
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
@@ -31,4 +32,4 @@ async def readyz(request: web.Request) -> web.Response:
                 await conn.fetchval("SELECT 1")
     except (TimeoutError, *UNAVAILABLE_ERRORS):
         raise Unavailable() from None
-    return web.json_response({"status": "ready"})
+    return json_response({"status": "ready"})

@@ -17,6 +17,7 @@ from authsvc.errors import (
     NotFound,
     OAuthError,
 )
+from authsvc.http.answers import json_response
 from authsvc.http.bodies import read_body
 from authsvc.http.middlewares import public
 from authsvc.http.schemas import (
@@ -111,7 +112,7 @@ async def introspect(request: web.Request) -> web.Response:
     _check_service_credential(request)
     form = await _read_form(request)
     token = _load_form(token_form_schema, form)["token"]
-    return web.json_response(await request.app[SESSIONS].introspect(token), headers=TOKEN_HEADERS)
+    return json_response(await request.app[SESSIONS].introspect(token), headers=TOKEN_HEADERS)
 
 
 @routes.post("/auth/revoke")

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from authsvc.appkeys import CURRENT_USER, POOL
+from authsvc.appkeys import CURRENT_USER, LIVE_SESSION, POOL
 from authsvc.auth.ids import parse_id
 from authsvc.db.repo import todos
 from authsvc.errors import NotFound
+from authsvc.http.answers import json_response
 from authsvc.http.bodies import read_json, read_query
+from authsvc.http.middlewares import checks_session
 from authsvc.http.schemas import (
     TodoCreateSchema,
     TodoListQuery,
@@ -34,7 +36,7 @@ def _todo_id(request: web.Request) -> int:
 def _found(todo: todos.Todo | None) -> web.Response:
     if todo is None:
         raise NotFound("No such todo.")
-    return web.json_response(todo_json(todo))
+    return json_response(todo_json(todo))
 
 
 def next_link(last_id: int, limit: int, completed: bool | None) -> str:
@@ -47,13 +49,14 @@ def next_link(last_id: int, limit: int, completed: bool | None) -> str:
 
 
 @routes.get("/todos")
+@checks_session
 async def list_todos(request: web.Request) -> web.Response:
     query = read_query(request, list_query)
     limit, completed = query["limit"], query.get("completed")
     async with request.app[POOL].acquire() as conn:
         page = await todos.select_page(
             conn,
-            request[CURRENT_USER].id,
+            request[LIVE_SESSION],
             limit=limit,
             after=query.get("after"),
             offset=query["offset"],
@@ -61,8 +64,8 @@ async def list_todos(request: web.Request) -> web.Response:
         )
     # A full page may have a next one (a short page is the last); an offset page's next one
     # is after its last id too, which moves the client onto the cheap cursor.
-    headers = {"Link": next_link(page[-1].id, limit, completed)} if len(page) == limit else None
-    return web.json_response([todo_json(t) for t in page], headers=headers)
+    headers = {"Link": next_link(page[-1]["id"], limit, completed)} if len(page) == limit else None
+    return json_response(page, headers=headers)  # rows of todos.SHOWN: todo_json's fields, in its order
 
 
 @routes.post("/todos")
@@ -70,14 +73,18 @@ async def create_todo(request: web.Request) -> web.Response:
     data = await read_json(request, create_schema)
     async with request.app[POOL].acquire() as conn:
         todo = await todos.insert(conn, request[CURRENT_USER].id, data["text"], data["completed"])
-    return web.json_response(todo_json(todo), status=201, headers={"Location": f"/todos/{todo.id}"})
+    return json_response(todo_json(todo), status=201, headers={"Location": f"/todos/{todo.id}"})
 
 
 @routes.get("/todos/{id}")
+@checks_session
 async def get_todo(request: web.Request) -> web.Response:
     todo_id = _todo_id(request)
     async with request.app[POOL].acquire() as conn:
-        return _found(await todos.select_one(conn, request[CURRENT_USER].id, todo_id))
+        todo = await todos.select_shown(conn, request[LIVE_SESSION], todo_id)
+    if todo is None:
+        raise NotFound("No such todo.")
+    return json_response(todo)
 
 
 async def _update(request: web.Request, schema: TodoPatchSchema | TodoPutSchema) -> web.Response:

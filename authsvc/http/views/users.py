@@ -5,6 +5,7 @@ from aiohttp import web
 from authsvc.appkeys import ACCOUNTS, CURRENT_SESSION, CURRENT_USER, POOL, SIGNUPS
 from authsvc.db.repo import users
 from authsvc.errors import InvalidToken
+from authsvc.http.answers import json_response
 from authsvc.http.bodies import read_json
 from authsvc.http.middlewares import public
 from authsvc.http.schemas import (
@@ -35,12 +36,12 @@ async def signup(request: web.Request) -> web.Response:
         data.get("last_name"),
         address,
     )
-    return web.json_response(user_json(user), status=201, headers={"Location": "/users/me"})
+    return json_response(user_json(user), status=201, headers={"Location": "/users/me"})
 
 
 @routes.get("/users/me")
 async def me(request: web.Request) -> web.Response:
-    return web.json_response(user_json(request[CURRENT_USER]))
+    return json_response(user_json(request[CURRENT_USER]))
 
 
 @routes.patch("/users/me")
@@ -52,7 +53,7 @@ async def update_me(request: web.Request) -> web.Response:
             user = await users.update_names(conn, user.id, changes)
         if user is None:  # deleted meanwhile
             raise InvalidToken()
-    return web.json_response(user_json(user))
+    return json_response(user_json(user))
 
 
 @routes.post("/users/me/password")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from authsvc.appkeys import SETTINGS, TOKENS
+from authsvc.http.answers import json_response
 from authsvc.http.middlewares import public
 
 routes = web.RouteTableDef()
@@ -17,7 +18,7 @@ JWKS_MAX_AGE = 300
 @public
 async def jwks(request: web.Request) -> web.Response:
     keys = [key.jwk() for key in request.app[TOKENS].keys.published()]
-    return web.json_response(
+    return json_response(
         {"keys": keys}, headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"}
     )
 
@@ -42,4 +43,4 @@ async def metadata(request: web.Request) -> web.Response:
     if settings.introspection_clients:
         doc["introspection_endpoint"] = f"{base}/auth/introspect"
         doc["introspection_endpoint_auth_methods_supported"] = ["client_secret_basic"]
-    return web.json_response(doc, headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"})
+    return json_response(doc, headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"})
