@@ -190,10 +190,9 @@ async def exercise(conn: asyncpg.Connection, s: Sample, settings: Settings | Non
         ("request", "todos.select_page (after an id)", True, True,
          lambda c: todos.select_page(c, live, limit=20, after=s.todo_id, completed=None)),
         ("request", "todos.select_shown", True, True, lambda c: todos.select_shown(c, live, s.todo_id)),
-        ("request", "todos.select_one", True, True, lambda c: todos.select_one(c, s.user_id, s.todo_id)),
-        ("request", "todos.insert", True, True, lambda c: todos.insert(c, s.user_id, "a new todo", False)),
-        ("request", "todos.update", True, True, lambda c: todos.update(c, s.user_id, s.todo_id, None, True)),
-        ("request", "todos.delete", True, True, lambda c: todos.delete(c, s.user_id, s.todo_id)),
+        ("request", "todos.insert", True, True, lambda c: todos.insert(c, live, "a new todo", False)),
+        ("request", "todos.update", True, True, lambda c: todos.update(c, live, s.todo_id, None, True)),
+        ("request", "todos.delete", True, True, lambda c: todos.delete(c, live, s.todo_id)),
         # Refresh, introspection, revocation, logout.
         ("refresh", "sessions.select_refresh_owner", True, True,
          lambda c: session_repo.select_refresh_owner(c, s.token_hash, idle)),

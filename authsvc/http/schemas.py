@@ -300,16 +300,6 @@ def user_json(user: Any) -> dict[str, Any]:
     }
 
 
-def todo_json(todo: Any) -> dict[str, Any]:
-    return {
-        "id": todo.id,
-        "text": todo.text,
-        "completed": todo.completed,
-        "created_at": todo.created_at.isoformat(),
-        "updated_at": todo.updated_at.isoformat(),
-    }
-
-
 # --- errors and service documents ---
 
 

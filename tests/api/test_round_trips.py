@@ -1,8 +1,7 @@
 """Round trips to PostgreSQL per request, as PostgreSQL sees them (through a counting hop).
 
-A protected read is one round trip: the session check and the route's own statement are one
-statement, and a connection goes back to the pool without a reset query. Writes check the
-session first, then write, on one connection.
+A request to /users/me or /todos is one round trip: the session check and the route's own
+statement are one statement, and a connection goes back to the pool without a reset query.
 """
 
 from __future__ import annotations
@@ -54,8 +53,11 @@ ROUTES = [
     ("GET", "/todos?limit=5&completed=false", None, 1),
     ("GET", "/todos?after=5&limit=5", None, 1),
     ("GET", "/todos/{id}", None, 1),
-    ("PATCH", "/todos/{id}", {"completed": True}, 2),
-    ("POST", "/todos", {"text": "more"}, 2),
+    ("PATCH", "/todos/{id}", {"completed": True}, 1),
+    ("PATCH", "/todos/{id}", {}, 1),
+    ("PUT", "/todos/{id}", {"text": "again", "completed": False}, 1),
+    ("POST", "/todos", {"text": "more"}, 1),
+    ("DELETE", "/todos/{fresh}", None, 1),  # another todo each time
 ]
 
 
@@ -63,13 +65,15 @@ ROUTES = [
 async def test_round_trips_per_request(counted, hop, method, path, body, per_request):
     await signup(counted, "trips@example.com")
     headers = bearer(await login(counted, "trips@example.com"))
+    ids = []
     for n in range(20):
         resp = await counted.post("/todos", json={"text": f"todo {n}"}, headers=headers)
         assert resp.status == 201
-    todo_id = (await resp.json())["id"]
-    url = path.format(id=todo_id)
+        ids.append((await resp.json())["id"])
+    todo_id = ids.pop()
 
     async def send() -> Any:
+        url = path.format(id=todo_id, fresh=ids.pop() if "{fresh}" in path else None)
         return await counted.request(method, url, json=body, headers=headers)
 
     trips = await _trips(hop, send)

@@ -1,39 +1,32 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
 import asyncpg
 
 from authsvc.db.repo.sessions import LIVE_USER, LiveSession, SessionNotLive
 
-COLUMNS = "id, owner_id, text, completed, created_at, updated_at"
-# What a client is shown of a todo, in the order of its answer (schemas.todo_json).
+# What a client is shown of a todo, in the order of its answer (http/schemas.py TodoSchema).
 SHOWN = "id, text, completed, created_at, updated_at"
 
 
-@dataclass(frozen=True)
-class Todo:
-    id: int
-    owner_id: int
-    text: str
-    completed: bool
-    created_at: datetime
-    updated_at: datetime
+# Every statement here checks the session with its work (LIVE_USER as the CTE `me`, $1-$3 the
+# LiveSession's params) and raises SessionNotLive when it is not live: one round trip a request.
+# Each is scoped by the session's user: another user's todo is simply not found.
 
 
-def _todo(row: asyncpg.Record | None) -> Todo | None:
-    return Todo(**row) if row is not None else None
-
-
-async def insert(conn: asyncpg.Connection, owner_id: int, text: str, completed: bool) -> Todo:
+async def insert(conn: asyncpg.Connection, live: LiveSession, text: str, completed: bool) -> asyncpg.Record:
     row = await conn.fetchrow(
-        f"INSERT INTO todos (owner_id, text, completed) VALUES ($1, $2, $3) RETURNING {COLUMNS}",
-        owner_id,
+        f"""
+        WITH me AS ({LIVE_USER})
+        INSERT INTO todos (owner_id, text, completed) SELECT me.id, $4, $5 FROM me
+        RETURNING {SHOWN}
+        """,
+        *live.params,
         text,
         completed,
     )
-    return Todo(**row)
+    if row is None:
+        raise SessionNotLive()
+    return row
 
 
 # A page of the session's user's todos (SHOWN columns) with the session check, one statement:
@@ -92,31 +85,40 @@ async def select_shown(conn: asyncpg.Connection, live: LiveSession, todo_id: int
     return None if row["id"] is None else row
 
 
-# Every statement below is scoped by owner: another user's todo is simply not found.
-
-
-async def select_one(conn: asyncpg.Connection, owner_id: int, todo_id: int) -> Todo | None:
-    return _todo(await conn.fetchrow(f"SELECT {COLUMNS} FROM todos WHERE id = $1 AND owner_id = $2", todo_id, owner_id))
-
-
 async def update(
-    conn: asyncpg.Connection, owner_id: int, todo_id: int, text: str | None, completed: bool | None
-) -> Todo | None:
-    """Change the given fields (None keeps the current value)."""
+    conn: asyncpg.Connection, live: LiveSession, todo_id: int, text: str | None, completed: bool | None
+) -> asyncpg.Record | None:
+    """Change the given fields (None keeps the current value); None when there is no such todo."""
     row = await conn.fetchrow(
         f"""
-        UPDATE todos
-           SET text = coalesce($3, text), completed = coalesce($4, completed), updated_at = now()
-         WHERE id = $1 AND owner_id = $2
-        RETURNING {COLUMNS}
+        WITH me AS ({LIVE_USER}),
+             changed AS (
+                UPDATE todos
+                   SET text = coalesce($5, text), completed = coalesce($6, completed), updated_at = now()
+                 WHERE id = $4 AND owner_id = (SELECT id FROM me)
+                RETURNING {SHOWN})
+        SELECT changed.* FROM me LEFT JOIN changed ON true
         """,
+        *live.params,
         todo_id,
-        owner_id,
         text,
         completed,
     )
-    return _todo(row)
+    if row is None:
+        raise SessionNotLive()
+    return None if row["id"] is None else row
 
 
-async def delete(conn: asyncpg.Connection, owner_id: int, todo_id: int) -> bool:
-    return await conn.execute("DELETE FROM todos WHERE id = $1 AND owner_id = $2", todo_id, owner_id) == "DELETE 1"
+async def delete(conn: asyncpg.Connection, live: LiveSession, todo_id: int) -> bool:
+    deleted = await conn.fetchval(
+        f"""
+        WITH me AS ({LIVE_USER}),
+             gone AS (DELETE FROM todos WHERE id = $4 AND owner_id = (SELECT id FROM me) RETURNING id)
+        SELECT (SELECT count(*) FROM gone) FROM me
+        """,
+        *live.params,
+        todo_id,
+    )
+    if deleted is None:
+        raise SessionNotLive()
+    return deleted == 1

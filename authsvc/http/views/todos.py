@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
 
-from authsvc.appkeys import CURRENT_USER, LIVE_SESSION, POOL
+from authsvc.appkeys import LIVE_SESSION, POOL
 from authsvc.auth.ids import parse_id
 from authsvc.db.repo import todos
 from authsvc.errors import NotFound
@@ -14,7 +15,6 @@ from authsvc.http.schemas import (
     TodoListQuery,
     TodoPatchSchema,
     TodoPutSchema,
-    todo_json,
 )
 
 routes = web.RouteTableDef()
@@ -33,10 +33,10 @@ def _todo_id(request: web.Request) -> int:
     return todo_id
 
 
-def _found(todo: todos.Todo | None) -> web.Response:
+def _found(todo: asyncpg.Record | None) -> web.Response:
     if todo is None:
         raise NotFound("No such todo.")
-    return json_response(todo_json(todo))
+    return json_response(todo)  # a row of todos.SHOWN: TodoSchema's fields, in its order
 
 
 def next_link(last_id: int, limit: int, completed: bool | None) -> str:
@@ -65,15 +65,16 @@ async def list_todos(request: web.Request) -> web.Response:
     # A full page may have a next one (a short page is the last); an offset page's next one
     # is after its last id too, which moves the client onto the cheap cursor.
     headers = {"Link": next_link(page[-1]["id"], limit, completed)} if len(page) == limit else None
-    return json_response(page, headers=headers)  # rows of todos.SHOWN: todo_json's fields, in its order
+    return json_response(page, headers=headers)  # rows of todos.SHOWN: TodoSchema's fields, in its order
 
 
 @routes.post("/todos")
+@checks_session
 async def create_todo(request: web.Request) -> web.Response:
     data = await read_json(request, create_schema)
     async with request.app[POOL].acquire() as conn:
-        todo = await todos.insert(conn, request[CURRENT_USER].id, data["text"], data["completed"])
-    return json_response(todo_json(todo), status=201, headers={"Location": f"/todos/{todo.id}"})
+        todo = await todos.insert(conn, request[LIVE_SESSION], data["text"], data["completed"])
+    return json_response(todo, status=201, headers={"Location": f"/todos/{todo['id']}"})
 
 
 @routes.get("/todos/{id}")
@@ -82,36 +83,37 @@ async def get_todo(request: web.Request) -> web.Response:
     todo_id = _todo_id(request)
     async with request.app[POOL].acquire() as conn:
         todo = await todos.select_shown(conn, request[LIVE_SESSION], todo_id)
-    if todo is None:
-        raise NotFound("No such todo.")
-    return json_response(todo)
+    return _found(todo)
 
 
 async def _update(request: web.Request, schema: TodoPatchSchema | TodoPutSchema) -> web.Response:
     todo_id = _todo_id(request)
     data = await read_json(request, schema)
-    owner_id = request[CURRENT_USER].id
+    live = request[LIVE_SESSION]
     async with request.app[POOL].acquire() as conn:
         if not data:  # an empty PATCH changes nothing, not even updated_at
-            return _found(await todos.select_one(conn, owner_id, todo_id))
-        todo = await todos.update(conn, owner_id, todo_id, data.get("text"), data.get("completed"))
+            return _found(await todos.select_shown(conn, live, todo_id))
+        todo = await todos.update(conn, live, todo_id, data.get("text"), data.get("completed"))
     return _found(todo)
 
 
 @routes.patch("/todos/{id}")
+@checks_session
 async def patch_todo(request: web.Request) -> web.Response:
     return await _update(request, patch_schema)
 
 
 @routes.put("/todos/{id}")
+@checks_session
 async def put_todo(request: web.Request) -> web.Response:
     return await _update(request, put_schema)
 
 
 @routes.delete("/todos/{id}")
+@checks_session
 async def delete_todo(request: web.Request) -> web.Response:
     todo_id = _todo_id(request)
     async with request.app[POOL].acquire() as conn:
-        if not await todos.delete(conn, request[CURRENT_USER].id, todo_id):
+        if not await todos.delete(conn, request[LIVE_SESSION], todo_id):
             raise NotFound("No such todo.")
     return web.Response(status=204)
