@@ -13,6 +13,14 @@ SHOWN = "id, text, completed, created_at, updated_at"
 # Each is scoped by the session's user: another user's todo is simply not found.
 
 
+def _one_of(row: asyncpg.Record | None) -> asyncpg.Record | None:
+    """The todo of a statement that answers `me LEFT JOIN` it: no row at all is no live session,
+    a row of NULLs a live one and no such todo."""
+    if row is None:
+        raise SessionNotLive()
+    return None if row["id"] is None else row
+
+
 async def insert(conn: asyncpg.Connection, live: LiveSession, text: str, completed: bool) -> asyncpg.Record:
     row = await conn.fetchrow(
         f"""
@@ -80,9 +88,7 @@ async def select_shown(conn: asyncpg.Connection, live: LiveSession, todo_id: int
         *live.params,
         todo_id,
     )
-    if row is None:
-        raise SessionNotLive()
-    return None if row["id"] is None else row
+    return _one_of(row)
 
 
 async def update(
@@ -104,9 +110,7 @@ async def update(
         text,
         completed,
     )
-    if row is None:
-        raise SessionNotLive()
-    return None if row["id"] is None else row
+    return _one_of(row)
 
 
 async def delete(conn: asyncpg.Connection, live: LiveSession, todo_id: int) -> bool:
