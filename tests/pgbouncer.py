@@ -70,6 +70,13 @@ class Server:
         password = query.get("password") or (urllib.parse.unquote(parts.password) if parts.password else None)
         return cls(host, port, user, password, url)
 
+    def on_loopback(self, port: int, database: str) -> str:
+        """The URL of `database`, as this server's user, at 127.0.0.1:`port`: a PgBouncer or
+        a hop in front of this server."""
+        user = urllib.parse.quote(self.user, safe="")
+        secret = f":{urllib.parse.quote(self.password, safe='')}" if self.password else ""
+        return f"postgresql://{user}{secret}@127.0.0.1:{port}/{urllib.parse.quote(database)}"
+
 
 def database_of(url: str) -> str:
     return urllib.parse.unquote(urllib.parse.urlsplit(url).path.lstrip("/"))
@@ -83,9 +90,7 @@ class Bouncer:
 
     def through(self, url: str) -> str:
         """The URL of the same database through this PgBouncer."""
-        user = urllib.parse.quote(self.server.user, safe="")
-        secret = f":{urllib.parse.quote(self.server.password, safe='')}" if self.server.password else ""
-        return f"postgresql://{user}{secret}@127.0.0.1:{self.port}/{urllib.parse.quote(database_of(url))}"
+        return self.server.on_loopback(self.port, database_of(url))
 
     def direct(self, url: str) -> str:
         """The URL of the same database on the server itself, whichever URL was given."""

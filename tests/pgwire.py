@@ -11,35 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import urllib.parse
+
+from pgbouncer import Server, database_of
 
 _NOT_STARTUP = {80877103, 80877104}  # SSLRequest, GSSENCRequest: answered with one byte, then the real start-up
-
-
-def _target(url: str) -> tuple[str | None, str, int]:
-    """(unix socket path or None, host, port) of a postgresql:// URL."""
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qs(parts.query)
-    port = parts.port or int(query.get("port", ["5432"])[0])
-    host = parts.hostname or query.get("host", [""])[0]
-    if host.startswith("/"):
-        return f"{host}/.s.PGSQL.{port}", "", port
-    return None, host or "127.0.0.1", port
-
-
-def through(url: str, hop_port: int) -> str:
-    """The same database's URL, reached through the hop on 127.0.0.1:hop_port."""
-    parts = urllib.parse.urlsplit(url)
-    user = parts.username or "postgres"
-    auth = user if parts.password is None else f"{user}:{parts.password}"
-    return f"postgresql://{auth}@127.0.0.1:{hop_port}{parts.path}"
 
 
 class RoundTrips:
     """`trips`: one list of statement texts per round trip, in the order they were made."""
 
     def __init__(self, url: str) -> None:
-        self._socket, self._host, self._port = _target(url)
+        self._server_at = Server.of(url)
         self._url = url
         self.trips: list[list[str]] = []
         self._server: asyncio.Server | None = None
@@ -48,7 +30,7 @@ class RoundTrips:
     async def start(self) -> str:
         """Listen; return the URL that leads through the hop."""
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return through(self._url, self._server.sockets[0].getsockname()[1])
+        return self._server_at.on_loopback(self._server.sockets[0].getsockname()[1], database_of(self._url))
 
     async def close(self) -> None:
         if self._server is not None:
@@ -60,10 +42,11 @@ class RoundTrips:
         self.trips.clear()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        if self._socket is not None:
-            server_r, server_w = await asyncio.open_unix_connection(self._socket)
+        at = self._server_at
+        if at.host.startswith("/"):  # a Unix socket directory
+            server_r, server_w = await asyncio.open_unix_connection(f"{at.host}/.s.PGSQL.{at.port}")
         else:
-            server_r, server_w = await asyncio.open_connection(self._host, self._port)
+            server_r, server_w = await asyncio.open_connection(at.host, at.port)
         up = asyncio.create_task(self._frontend(client_r, server_w))
         down = asyncio.create_task(_pipe(server_r, client_w))
         self._tasks |= {up, down}
