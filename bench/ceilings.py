@@ -18,7 +18,6 @@ The event loop is uvloop where installed; --workers N > 1 spawns N processes sha
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from .server import serve_app, serve_bare
+from .server import bare_arguments, bare_config, serve_bare
 
 KINDS = ("constant", "select1")
 
@@ -89,36 +88,18 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-def _worker(config: Config, reuse_port: bool) -> None:
-    serve_app(create_app(config), config.port, config.host, reuse_port)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bare_arguments(__doc__, 8083, database_help="needed by --kind select1")
     parser.add_argument("--kind", choices=KINDS, required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8083)
     parser.add_argument("--answers", type=Path, required=True, help='JSON: {"/path": "<JSON text to answer>", ...}')
-    parser.add_argument("--database-url", help="needed by --kind select1")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--pool-min", type=int, default=2, help="as AUTHSVC_DB_POOL_MIN")
-    parser.add_argument("--pool-max", type=int, default=10, help="as AUTHSVC_DB_POOL_MAX")
     args = parser.parse_args()
     if args.kind == "select1" and not args.database_url:
         parser.error("--kind select1 needs --database-url")
     answers = json.loads(args.answers.read_text())
     if not isinstance(answers, dict) or not all(isinstance(v, str) for v in answers.values()):
         parser.error('--answers: a JSON object of paths to JSON texts, {"/path": "..."}')
-    config = Config(
-        kind=args.kind,
-        answers=answers,
-        database_url=args.database_url,
-        pool_min=args.pool_min,
-        pool_max=args.pool_max,
-        host=args.host,
-        port=args.port,
-    )
-    serve_bare(_worker, config, args.workers)
+    config = Config(kind=args.kind, answers=answers, **bare_config(args))
+    serve_bare(create_app, config, args.workers)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ serves itself. The event loop is uvloop where installed, as in authsvc.
 
 from __future__ import annotations
 
-import argparse
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -37,7 +36,7 @@ from authsvc.db.pool import keep_session
 from authsvc.db.repo.sessions import LIVE_USER
 from authsvc.db.repo.todos import PAGE
 
-from .server import Service, bare_server, serve_app, serve_bare
+from .server import Service, bare_arguments, bare_config, bare_server, serve_bare
 
 PAGE_LIMIT = 50  # authsvc's default for GET /todos
 
@@ -147,10 +146,6 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-def _worker(config: Config, reuse_port: bool) -> None:
-    serve_app(create_app(config), config.port, config.host, reuse_port)
-
-
 @asynccontextmanager
 async def reference(database_url: str, jwks: dict[str, Any], workers: int, **options: object) -> AsyncIterator[Service]:
     """Run the reference server in a subprocess until the block ends; yields once every worker listens.
@@ -168,32 +163,22 @@ async def reference(database_url: str, jwks: dict[str, Any], workers: int, **opt
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8081)
-    parser.add_argument("--database-url", required=True)
+    parser = bare_arguments(__doc__, 8081)
     parser.add_argument("--jwks", type=Path, required=True, help="a JWKS document (authsvc's /.well-known/jwks.json)")
-    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--issuer", default="authsvc")
     parser.add_argument("--audience", default="authsvc")
     parser.add_argument("--leeway", type=int, default=10, help="seconds, as AUTHSVC_TOKEN_LEEWAY")
     parser.add_argument("--idle-seconds", type=int, default=7 * 86_400, help="as AUTHSVC_SESSION_IDLE_TIMEOUT")
-    parser.add_argument("--pool-min", type=int, default=2, help="as AUTHSVC_DB_POOL_MIN")
-    parser.add_argument("--pool-max", type=int, default=10, help="as AUTHSVC_DB_POOL_MAX")
     args = parser.parse_args()
     config = Config(
-        database_url=args.database_url,
         jwks=json.loads(args.jwks.read_text()),
         issuer=args.issuer,
         audience=args.audience,
         leeway=args.leeway,
         idle_seconds=args.idle_seconds,
-        pool_min=args.pool_min,
-        pool_max=args.pool_max,
-        host=args.host,
-        port=args.port,
+        **bare_config(args),
     )
-    serve_bare(_worker, config, args.workers)
+    serve_bare(create_app, config, args.workers)
 
 
 if __name__ == "__main__":

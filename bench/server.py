@@ -11,6 +11,7 @@ spawned workers sharing the port, on uvloop where installed, as `authsvc serve` 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import multiprocessing
 import os
@@ -216,15 +217,47 @@ def serve_app(app: web.Application, port: int, host: str = "127.0.0.1", reuse_po
     web.run_app(app, host=host, port=port, reuse_port=reuse_port, loop=_new_loop(), print=None, access_log=None)
 
 
-def serve_bare(worker: Callable[[Any, bool], None], config: Any, count: int) -> None:
-    """`worker(config, reuse_port)` in this process (count 1), or in `count` spawned processes
-    sharing the port with SO_REUSEPORT, as `authsvc serve --workers N` does; SIGTERM/SIGINT is
-    passed on to each. `worker` and `config` must pickle (a module-level function, a dataclass)."""
+def bare_arguments(doc: str | None, port: int, *, database_help: str | None = None) -> argparse.ArgumentParser:
+    """The command line every bare server takes: where it listens, its database and pool (as
+    authsvc's settings), and its worker count. `database_help` makes --database-url optional."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--database-url", required=database_help is None, help=database_help)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--pool-min", type=int, default=2, help="as AUTHSVC_DB_POOL_MIN")
+    parser.add_argument("--pool-max", type=int, default=10, help="as AUTHSVC_DB_POOL_MAX")
+    return parser
+
+
+def bare_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The Config fields bare_arguments gave values for."""
+    return {
+        "database_url": args.database_url,
+        "pool_min": args.pool_min,
+        "pool_max": args.pool_max,
+        "host": args.host,
+        "port": args.port,
+    }
+
+
+def _serve_made(create_app: Callable[[Any], web.Application], config: Any, reuse_port: bool) -> None:
+    serve_app(create_app(config), config.port, config.host, reuse_port)
+
+
+def serve_bare(create_app: Callable[[Any], web.Application], config: Any, count: int) -> None:
+    """Serve `create_app(config)` (a Config with host and port) in this process (count 1), or
+    in `count` spawned processes sharing the port with SO_REUSEPORT, as `authsvc serve
+    --workers N` does; SIGTERM/SIGINT is passed on to each. `create_app` and `config` must
+    pickle (a module-level function, a dataclass)."""
     if count <= 1:
-        worker(config, False)
+        _serve_made(create_app, config, False)
         return
     context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=worker, args=(config, True), name=f"bench-worker-{i}") for i in range(count)]
+    procs = [
+        context.Process(target=_serve_made, args=(create_app, config, True), name=f"bench-worker-{i}")
+        for i in range(count)
+    ]
 
     def forward(signum: int, frame: FrameType | None) -> None:
         for proc in procs:

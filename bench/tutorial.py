@@ -18,7 +18,6 @@ as bench.reference does.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import asyncpg
 import jwt
 from aiohttp import web
 
-from .server import serve_app, serve_bare
+from .server import bare_arguments, bare_config, serve_bare
 
 TODOS_PER_PAGE = 20
 ALGORITHM = "HS256"
@@ -126,29 +125,12 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-def _worker(config: Config, reuse_port: bool) -> None:
-    serve_app(create_app(config), config.port, config.host, reuse_port)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8082)
-    parser.add_argument("--database-url", required=True)
+    parser = bare_arguments(__doc__, 8082)
     parser.add_argument("--secret-file", type=Path, required=True, help="the shared HS256 secret")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--pool-min", type=int, default=2, help="as AUTHSVC_DB_POOL_MIN")
-    parser.add_argument("--pool-max", type=int, default=10, help="as AUTHSVC_DB_POOL_MAX")
     args = parser.parse_args()
-    config = Config(
-        database_url=args.database_url,
-        secret=args.secret_file.read_text().strip(),
-        pool_min=args.pool_min,
-        pool_max=args.pool_max,
-        host=args.host,
-        port=args.port,
-    )
-    serve_bare(_worker, config, args.workers)
+    config = Config(secret=args.secret_file.read_text().strip(), **bare_config(args))
+    serve_bare(create_app, config, args.workers)
 
 
 if __name__ == "__main__":
