@@ -13,6 +13,7 @@ from aiohttp import web
 from authsvc import background
 from authsvc.appkeys import (
     ACCOUNTS,
+    CLIENTS,
     CLOCK,
     CREDENTIALS,
     HASHER,
@@ -20,6 +21,7 @@ from authsvc.appkeys import (
     OPENAPI,
     PASSWORD_POLICY,
     POOL,
+    SCOPES,
     SESSIONS,
     SETTINGS,
     SIGNUPS,
@@ -28,9 +30,11 @@ from authsvc.appkeys import (
 )
 from authsvc.auth import throttle
 from authsvc.auth.accounts import Accounts
+from authsvc.auth.clients import Clients
 from authsvc.auth.credentials import Credentials
 from authsvc.auth.keyring import RELOAD_EVERY, KeyRing
 from authsvc.auth.passwords import PasswordHasher
+from authsvc.auth.scopes import ScopeModel
 from authsvc.auth.sessions import Sessions
 from authsvc.auth.tokens import TokenService
 from authsvc.db import pool
@@ -99,6 +103,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     sessions = Sessions(
         database,
         tokens,
+        app[SCOPES],
         idle=timedelta(seconds=s.session_idle_timeout),
         lifetime=timedelta(seconds=s.session_lifetime),
         reuse_grace=timedelta(seconds=s.refresh_reuse_grace),
@@ -106,7 +111,10 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     credentials = Credentials(database, hasher, app[THROTTLE], app[METRICS])
     app[SESSIONS] = sessions
     app[CREDENTIALS] = credentials
-    app[ACCOUNTS] = Accounts(database, hasher, app[PASSWORD_POLICY], app[SIGNUPS], credentials)
+    app[ACCOUNTS] = Accounts(
+        database, hasher, app[PASSWORD_POLICY], app[SIGNUPS], credentials, default_role=s.default_role
+    )
+    app[CLIENTS] = Clients(database)
 
     async def reload_keys() -> None:
         if await tokens.keys.reload_if_changed():
@@ -172,6 +180,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] | None = None) 
     if clock is not None:
         app[CLOCK] = clock
     app[METRICS] = Metrics()
+    app[SCOPES] = ScopeModel.from_settings(settings)
     app[TOKENS] = TokenService(
         key_ring(settings), settings.issuer, settings.audience, settings.access_token_ttl, settings.token_leeway
     )

@@ -24,6 +24,8 @@ METRICS = web.AppKey("metrics", "Metrics")
 SESSIONS = web.AppKey("sessions", "Sessions")
 CREDENTIALS = web.AppKey("credentials", "Credentials")
 ACCOUNTS = web.AppKey("accounts", "Accounts")
+CLIENTS = web.AppKey("clients", "Clients")
+SCOPES = web.AppKey("scopes", "ScopeModel")
 OPENAPI = web.AppKey("openapi", bytes)  # the document, as served
 
 # Set by the bearer middleware on protected routes: the user, or for a route whose statement
@@ -31,5 +33,7 @@ OPENAPI = web.AppKey("openapi", bytes)  # the document, as served
 CURRENT_USER = web.RequestKey("current_user", "User")
 CURRENT_SESSION = web.RequestKey("current_session", uuid.UUID)
 LIVE_SESSION = web.RequestKey("live_session", "LiveSession")
+# Set by the bearer middleware on every protected route: who is asking and what it may do.
+PRINCIPAL = web.RequestKey("principal", "Principal")
 # Set by the observe middleware on every request.
 REQUEST_ID = web.RequestKey("request_id", str)

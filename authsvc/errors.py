@@ -50,6 +50,14 @@ class InvalidGrant(OAuthError):
         super().__init__("invalid_grant", description)
 
 
+class InvalidScope(ApiError):
+    """RFC 6749 5.2 invalid_scope: a requested scope is unknown or beyond what the identity may
+    have. The OAuth endpoints answer it as an OAuthError (oauth.py)."""
+
+    code = "invalid_scope"
+    message = "The requested scope is not valid."
+
+
 class InvalidBody(ApiError):
     code = "invalid_body"
     message = "The body could not be read (is its Content-Encoding or chunked encoding right?)."
@@ -170,6 +178,21 @@ class InvalidToken(ApiError):
             message,
             headers={"WWW-Authenticate": 'Bearer realm="authsvc", error="invalid_token"'},
         )
+
+
+class InsufficientScope(ApiError):
+    """RFC 6750 3.1: a valid token that may not do this; the challenge names what it needs."""
+
+    status = 403
+    code = "insufficient_scope"
+    message = "The token does not have the scope this needs."
+
+    def __init__(self, needed: tuple[str, ...], message: str | None = None) -> None:
+        challenge = 'Bearer realm="authsvc", error="insufficient_scope"'
+        if needed:
+            challenge += f', scope="{" ".join(needed)}"'
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+        self.needed = needed
 
 
 class TooManyAttempts(ApiError):

@@ -176,7 +176,7 @@ async def exercise(conn: asyncpg.Connection, s: Sample, settings: Settings | Non
          lambda c: login_budgets.give_back(c, "account", key, lim.account.capacity)),
         ("login", "auth_events.insert", True, True, lambda c: auth_events.insert(c, s.email, s.address, "success")),
         ("login", "sessions.insert_session", True, True,
-         lambda c: session_repo.insert_session(c, new_session, s.user_id, timedelta(days=30))),
+         lambda c: session_repo.insert_session(c, new_session, s.user_id, timedelta(days=30), None)),
         ("login", "sessions.insert_refresh_token", True, True,
          lambda c: session_repo.insert_refresh_token(c, uuid.uuid4().bytes * 2, new_session)),
         # Every authenticated request, and the todos.
@@ -209,8 +209,8 @@ async def exercise(conn: asyncpg.Connection, s: Sample, settings: Settings | Non
         ("signup", "login_budgets.take", True, True,
          lambda c: login_budgets.take(c, "signup", s.address, lim.signup.capacity, lim.signup.rate)),
         ("signup", "users.insert", True, True,
-         lambda c: users.insert(c, normalise(f"new.{uuid.uuid4().hex[:8]}@example.com"), "$2b$04$x", None, None)),
-        ("signup", "users.insert (taken)", True, True, lambda c: users.insert(c, normalise(s.email), "$2b$", None, None)),
+         lambda c: users.insert(c, normalise(f"new.{uuid.uuid4().hex[:8]}@example.com"), "$2b$04$x", None, None, ["user"])),
+        ("signup", "users.insert (taken)", True, True, lambda c: users.insert(c, normalise(s.email), "$2b$", None, None, ["user"])),
         # The account's own changes.
         ("account", "users.update_names", True, True, lambda c: users.update_names(c, s.user_id, {"last_name": "X"})),
         ("account", "users.update_password_hash", True, True,

@@ -53,7 +53,7 @@ from authsvc.db import embedded, migrate
 from authsvc.observability.logs import JsonFormatter
 from authsvc.settings import Settings
 
-TABLES = "todos, refresh_tokens, sessions, login_backoff, login_budgets, login_known_addresses, auth_events, users"
+TABLES = "api_keys, client_assertions, client_secrets, clients, todos, refresh_tokens, sessions, login_backoff, login_budgets, login_known_addresses, auth_events, users"
 
 
 def _with_database(url: str, name: str) -> str:

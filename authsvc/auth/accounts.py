@@ -29,12 +29,14 @@ class Accounts:
         policy: PasswordPolicy,
         signups: SignupBudget | None = None,
         credentials: Credentials | None = None,
+        default_role: str = "user",
     ) -> None:
         self._pool = pool
         self._hasher = hasher
         self._policy = policy
         self._signups = signups
         self._credentials = credentials
+        self._default_role = default_role
 
     async def signup(
         self,
@@ -56,7 +58,7 @@ class Accounts:
         await self._policy.check(password, normalised.email, first_name, last_name)
         password_hash = await self._hasher.hash(password)  # before taking a connection
         async with self._pool.acquire() as conn:
-            user = await users.insert(conn, normalised, password_hash, first_name, last_name)
+            user = await users.insert(conn, normalised, password_hash, first_name, last_name, [self._default_role])
         if user is None:
             raise EmailTaken()
         return user

@@ -17,6 +17,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from authsvc.auth.scopes import ScopeModel, format_scopes
 from authsvc.auth.tokens import AccessClaims, TokenService
 from authsvc.db.pool import Database
 from authsvc.db.repo import sessions as session_repo
@@ -47,30 +48,46 @@ class Sessions:
     """Opens, rotates, checks and ends sessions."""
 
     def __init__(
-        self, pool: Database, tokens: TokenService, idle: timedelta, lifetime: timedelta, reuse_grace: timedelta
+        self,
+        pool: Database,
+        tokens: TokenService,
+        scopes: ScopeModel,
+        idle: timedelta,
+        lifetime: timedelta,
+        reuse_grace: timedelta,
     ) -> None:
         self._pool = pool
         self._tokens = tokens
+        self._scopes = scopes
         self._idle = idle
         self._lifetime = lifetime
         self._grace = reuse_grace
 
-    def _pair(self, user_id: int, session_id: uuid.UUID, refresh_token: str) -> dict[str, Any]:
+    def _pair(self, user_id: int, session_id: uuid.UUID, scopes: frozenset[str], refresh_token: str) -> dict[str, Any]:
         return {
-            "access_token": self._tokens.issue(user_id, session_id),
+            "access_token": self._tokens.issue(user_id, session_id, scopes),
             "token_type": "bearer",
             "expires_in": self._tokens.ttl,
             "refresh_token": refresh_token,
+            "scope": format_scopes(scopes),
         }
 
-    async def start(self, user: User) -> dict[str, Any]:
-        """Open a session for a user who just proved who they are; return the token pair."""
+    def granted(self, roles: list[str] | tuple[str, ...], asked: list[str] | frozenset[str] | None) -> frozenset[str]:
+        """What a session's tokens carry: its user's roles' scopes, within what its login asked for."""
+        allowed = self._scopes.of_roles(roles)
+        return allowed if asked is None else allowed & frozenset(asked)
+
+    async def start(self, user: User, requested: frozenset[str] | None = None) -> dict[str, Any]:
+        """Open a session for a user who just proved who they are; return the token pair.
+        `requested`: the scopes the login asked for (InvalidScope past its roles'), None: all."""
+        scopes = self._scopes.narrow(requested, self._scopes.of_roles(user.roles))
         session_id = uuid.uuid4()
         refresh_token, digest = _new_refresh_token()
+        asked = sorted(requested) if requested is not None else None
         async with self._pool.acquire() as conn, conn.transaction():
-            await session_repo.insert_session(conn, session_id, user.id, self._lifetime)
+            await session_repo.insert_session(conn, session_id, user.id, self._lifetime, asked)
             await session_repo.insert_refresh_token(conn, digest, session_id)
-        return self._pair(user.id, session_id, refresh_token)
+        return self._pair(user.id, session_id, scopes, refresh_token)
 
     async def refresh(self, refresh_token: str) -> dict[str, Any]:
         """Rotate a refresh token; InvalidGrant when it cannot be used."""
@@ -89,7 +106,9 @@ class Sessions:
                         await session_repo.mark_used(conn, digest)
                     await session_repo.insert_refresh_token(conn, new_digest, state.session_id)
                     await session_repo.touch(conn, state.session_id)
-                    return self._pair(state.user_id, state.session_id, new_token)
+                    # Today's roles: a role lost since the login is not in the new token.
+                    scopes = self.granted(state.roles, state.scopes)
+                    return self._pair(state.user_id, state.session_id, scopes, new_token)
                 await session_repo.revoke(conn, state.session_id, "refresh_token_reuse")
         log.warning("refresh token reused after rotation: session %s revoked", state.session_id)
         raise InvalidGrant()
@@ -106,13 +125,22 @@ class Sessions:
         """A valid access token's claims, its session not yet checked; InvalidToken otherwise."""
         return self._tokens.verify(access_token)
 
+    def scopes_of(self, claims: AccessClaims) -> frozenset[str]:
+        """What a token may do; one issued before tokens carried a scope, what signups get."""
+        if claims.scopes is not None:
+            return claims.scopes
+        return self._scopes.of_roles([self._scopes.default_role])
+
     def live(self, claims: AccessClaims) -> LiveSession:
         """The session check of these claims, for a statement that makes it with its own work."""
+        assert claims.session_id is not None and claims.user_id is not None, "a user's token"
         return LiveSession(claims.session_id, claims.user_id, self._idle)
 
     async def user_of(self, access_token: str) -> tuple[User, AccessClaims]:
         """The user and claims of a valid access token whose session is live; InvalidToken otherwise."""
         claims = self._tokens.verify(access_token)
+        if claims.kind != "user":
+            raise InvalidToken()
         async with self._pool.acquire() as conn:
             user = await session_repo.select_session_user(conn, self.live(claims))
         if user is None:  # logged out, expired, or the user is gone

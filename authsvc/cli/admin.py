@@ -84,7 +84,7 @@ async def create_user(settings: Settings, data: dict[str, Any]) -> User:
     try:
         async with _pool(settings) as pool, open_policy(settings) as policy:
             # The service POST /users uses, without a signup budget: the operator has none.
-            accounts = Accounts(pool, hasher, policy)
+            accounts = Accounts(pool, hasher, policy, default_role=settings.default_role)
             try:
                 return await accounts.signup(
                     data["email"], data["password"], data.get("first_name"), data.get("last_name")

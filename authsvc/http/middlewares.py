@@ -8,12 +8,22 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from authsvc.appkeys import CURRENT_SESSION, CURRENT_USER, LIVE_SESSION, SESSIONS
+from authsvc.appkeys import (
+    CLIENTS,
+    CURRENT_SESSION,
+    CURRENT_USER,
+    LIVE_SESSION,
+    PRINCIPAL,
+    SESSIONS,
+)
+from authsvc.auth.principal import API_KEY, CLIENT, USER, Principal
+from authsvc.auth.tokens import AccessClaims
 from authsvc.db.pool import CONTENTION_ERRORS, UNAVAILABLE_ERRORS, Contended
 from authsvc.db.repo.sessions import SessionNotLive
 from authsvc.errors import (
     ApiError,
     ClientGone,
+    InsufficientScope,
     InvalidRequest,
     InvalidToken,
     Unauthorized,
@@ -54,6 +64,28 @@ def checks_session(handler: F) -> F:
     request[LIVE_SESSION] and answers 401 when that statement raises SessionNotLive."""
     handler.authsvc_checks_session = True  # type: ignore[attr-defined]
     return handler
+
+
+# Who may call a route (Principal kinds): a user's login session or API key, the default; a
+# login session only (what a leaked key must not do: logout, password, new keys); anyone.
+USERS = (USER, API_KEY)
+SESSION = (USER,)
+ANY = (USER, CLIENT, API_KEY)
+
+
+def requires(*scopes: str, subjects: tuple[str, ...] = USERS) -> Callable[[F], F]:
+    """Declare what a protected handler needs: every scope named, and a caller of one of these
+    kinds; else 403 insufficient_scope. A handler without it takes a login session, no scope."""
+
+    def mark(handler: F) -> F:
+        handler.authsvc_needs = (scopes, subjects)  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def needs_of(handler: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return getattr(handler, "authsvc_needs", ((), SESSION))
 
 
 def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -120,16 +152,35 @@ def bearer_token(request: web.Request) -> str:
     return token
 
 
+def _allowed(principal_kind: str, scopes: frozenset[str], needs: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+    needed, subjects = needs
+    if principal_kind not in subjects:
+        raise InsufficientScope(needed, f"This route does not take a {principal_kind.replace('_', ' ')}'s token.")
+    if not scopes.issuperset(needed):
+        raise InsufficientScope(needed)
+
+
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if _is_public(request):
         return await handler(request)
     sessions = request.app[SESSIONS]
     token = bearer_token(request)
+    needs = needs_of(request.match_info.handler)
+    claims = sessions.claims_of(token)
+    if claims.kind == CLIENT:
+        return await _as_client(request, handler, claims, needs)
+    scopes = sessions.scopes_of(claims)
+    try:
+        _allowed(USER, scopes, needs)
+    except InsufficientScope:
+        await sessions.user_of(token)  # an ended session's token: 401 first, as everywhere
+        raise
+    principal = Principal(USER, scopes, user_id=claims.user_id, session_id=claims.session_id)
     if getattr(request.match_info.handler, "authsvc_checks_session", False):
-        claims = sessions.claims_of(token)
-        request[CURRENT_SESSION] = claims.session_id
+        request[CURRENT_SESSION] = principal.session_id  # type: ignore[assignment]
         request[LIVE_SESSION] = sessions.live(claims)
+        request[PRINCIPAL] = principal
         try:
             response = await handler(request)
         except SessionNotLive:
@@ -144,7 +195,22 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
     user, claims = await sessions.user_of(token)
     request[CURRENT_USER] = user
-    request[CURRENT_SESSION] = claims.session_id
+    request[CURRENT_SESSION] = principal.session_id  # type: ignore[assignment]
+    request[PRINCIPAL] = Principal(USER, scopes, user_id=user.id, user=user, session_id=claims.session_id)
+    return await handler(request)
+
+
+async def _as_client(
+    request: web.Request, handler: Handler, claims: AccessClaims, needs: tuple[tuple[str, ...], tuple[str, ...]]
+) -> web.StreamResponse:
+    """A client's own token: it acts within what the client may do now (disabled: not at all)."""
+    assert claims.client_id is not None and claims.scopes is not None
+    allowed = await request.app[CLIENTS].live_scopes(claims.client_id)
+    if allowed is None:
+        raise InvalidToken()
+    scopes = claims.scopes & allowed
+    _allowed(CLIENT, scopes, needs)
+    request[PRINCIPAL] = Principal(CLIENT, scopes, client_id=claims.client_id)
     return await handler(request)
 
 

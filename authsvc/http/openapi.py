@@ -171,10 +171,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
 RESPONSES: dict[str, dict[str, Any]] = {
     "BadRequest": {
         "description": "invalid_json or invalid_body: the body could not be read; "
-        "invalid_request: an access token in the URL (protected routes).",
+        "invalid_request: an access token in the URL (protected routes); "
+        "invalid_scope: a scope asked for that is unknown or not granted (POST /auth).",
     },
     "OAuthBadRequest": {
-        "description": "RFC 6749 5.2: invalid_request, invalid_grant or unsupported_grant_type.",
+        "description": "RFC 6749 5.2: invalid_request, invalid_grant, invalid_scope or unsupported_grant_type.",
         "schema": OAuthErrorSchema,
     },
     "Unauthorized": {
@@ -189,7 +190,12 @@ RESPONSES: dict[str, dict[str, Any]] = {
         "description": "invalid_client: no valid service credential.",
         "headers": {"WWW-Authenticate": 'Basic realm="authsvc"'},
     },
-    "Forbidden": {"description": "invalid_current_password."},
+    "Forbidden": {"description": "invalid_current_password, or insufficient_scope (see InsufficientScope)."},
+    "InsufficientScope": {
+        "description": "insufficient_scope: the token lacks the scope this route needs, or is of a kind it does"
+        " not take (a client's token on a user's route, an API key where a login session is needed).",
+        "headers": {"WWW-Authenticate": 'Bearer realm="authsvc", error="insufficient_scope", scope="<needed>"'},
+    },
     "NotFound": {"description": "not_found."},
     "RequestTimeout": {"description": "request_timeout: the body did not arrive in time; the connection closes."},
     "Conflict": {"description": "email_taken."},
@@ -226,7 +232,7 @@ def _error_statuses(op: Operation) -> dict[int, str]:
     """Status -> named response, for everything this operation can refuse with."""
     out: dict[int, str] = {}
     if op.auth == BEARER:
-        out |= {400: "BadRequest", 401: "Unauthorized"}
+        out |= {400: "BadRequest", 401: "Unauthorized", 403: "InsufficientScope"}
     if op.auth == BASIC:
         out[401] = "ClientUnauthorized"
     if op.json is not None:

@@ -109,12 +109,17 @@ class UserSchema(Schema):
 # --- login ---
 
 
+SCOPE_MAX = 2000  # a scope parameter's characters: dozens of names
+
+
 class LoginSchema(Base):
-    """{"username" or "email", "password"}: both names mean the account's email."""
+    """{"username" or "email", "password", "scope"?}: both names mean the account's email;
+    scope (space-separated) narrows the token to some of what the user's roles grant."""
 
     username = Text(validate=validate.Length(1, 254))
     email = Text(validate=validate.Length(1, 254))
     password = Text(required=True, validate=validate.Length(1, PASSWORD_MAX))
+    scope = Text(validate=validate.Length(0, SCOPE_MAX))
 
     # The rule below, for the OpenAPI document (authsvc/openapi.py adds it to this schema).
     json_schema_extra: dict[str, Any] = {"oneOf": [{"required": ["username"]}, {"required": ["email"]}]}
@@ -141,17 +146,17 @@ def form_token() -> Text:
 
 
 class TokenGrantSchema(Form):
-    """The form of RFC 6749 section 4.3; client_id and scope are accepted and ignored."""
+    """The form of RFC 6749 section 4.3; scope narrows the token, client_id is ignored."""
 
     grant_type = Text(required=True, validate=validate.Equal("password"))
     username = Text(required=True, validate=validate.Length(1, 254))
     password = Text(required=True, validate=validate.Length(1, PASSWORD_MAX))
-    scope = Text()
+    scope = Text(validate=validate.Length(0, SCOPE_MAX))
     client_id = Text()
 
 
 class RefreshGrantSchema(Form):
-    """The form of RFC 6749 section 6."""
+    """The form of RFC 6749 section 6; a refresh keeps its login's scopes (scope is ignored)."""
 
     grant_type = Text(required=True, validate=validate.Equal("refresh_token"))
     refresh_token = form_token()
@@ -179,7 +184,8 @@ class TokenSchema(Schema):
     access_token = fields.String(required=True)
     token_type = fields.String(required=True, validate=validate.Equal("bearer"))
     expires_in = fields.Integer(required=True)
-    refresh_token = fields.String(required=True)
+    refresh_token = fields.String(metadata={"description": "Not given to a client (client_credentials)."})
+    scope = fields.String(required=True, metadata={"description": "What the access token may do, space-separated."})
 
 
 class IntrospectionSchema(Schema):
@@ -314,7 +320,7 @@ class OAuthErrorSchema(Schema):
 
     error = fields.String(
         required=True,
-        validate=validate.OneOf(["invalid_request", "invalid_grant", "unsupported_grant_type"]),
+        validate=validate.OneOf(["invalid_request", "invalid_grant", "invalid_scope", "unsupported_grant_type"]),
     )
     error_description = fields.String(required=True)
     message = fields.String(required=True)

@@ -58,6 +58,10 @@ PRIVATE_NETWORKS: tuple[IPNetwork, ...] = tuple(
 ASYNCPG_STATEMENT_CACHE = 100
 
 
+# authsvc's own scopes (auth/scopes.py); AUTHSVC_SCOPES adds others'.
+BUILTIN_SCOPES = frozenset({"profile", "todos", "admin", "introspect"})
+
+
 class ConfigError(Exception):
     """A setting has a bad value; the message names the variable."""
 
@@ -258,6 +262,20 @@ class Settings:
         "a session ends this long after its login, whatever happens",
         default_doc="`2592000` (30 days)",
     )
+    scopes: tuple[str, ...] = setting(
+        (),
+        parse.scope_names,
+        "scopes beyond authsvc's own (`profile todos admin introspect`), space-separated: what other services"
+        " check (see [Scopes](scopes.md))",
+        default_doc="none",
+    )
+    roles: tuple[tuple[str, tuple[str, ...]], ...] = setting(
+        (("user", ("profile", "todos")), ("admin", ("profile", "todos", "admin"))),
+        parse.roles,
+        "the roles users hold and the scopes each grants: space-separated `role=scope,scope` items",
+        default_doc="`user=profile,todos admin=profile,todos,admin`",
+    )
+    default_role: str = setting("user", parse.role_name, "the role a new signup gets")
     introspection_clients: tuple[tuple[str, str], ...] = setting(
         (),
         parse.clients,
@@ -463,6 +481,15 @@ def validate(settings: Settings) -> None:
             "must be set (the database itself, not PgBouncer) while AUTHSVC_DB_PGBOUNCER is true and"
             " AUTHSVC_MIGRATE_ON_START is true: migrations hold a session-level lock",
         )
+    known = BUILTIN_SCOPES | set(settings.scopes)
+    for role, granted in settings.roles:
+        unknown = sorted(set(granted) - known)
+        if unknown:
+            raise ConfigError(
+                env_name("roles"), f"role {role!r} grants {unknown[0]!r}, which is not a scope (add it to AUTHSVC_SCOPES)"
+            )
+    if settings.default_role not in dict(settings.roles):
+        raise ConfigError(env_name("default_role"), f"{settings.default_role!r} is not one of AUTHSVC_ROLES")
     if settings.token_secret is not None and settings.token_secret == settings.password_pepper:
         raise ConfigError(env_name("password_pepper"), "must differ from AUTHSVC_TOKEN_SECRET")
 

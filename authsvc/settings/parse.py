@@ -4,6 +4,7 @@ raises ValueError with a short reason (the caller adds the variable's name)."""
 from __future__ import annotations
 
 import ipaddress
+import re
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -159,6 +160,40 @@ def clients(raw: str) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"the secret of {client_id!r} is {exc}") from None
         found.append((client_id, client_secret))
     return tuple(found)
+
+
+# RFC 6749 3.3: a scope-token is printable ASCII but space, '"' and '\\'.
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")
+
+
+def scope_names(raw: str) -> tuple[str, ...]:
+    names = raw.replace(",", " ").split()
+    bad = [name for name in names if not SCOPE_TOKEN.fullmatch(name)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a scope name (RFC 6749 3.3 characters, at most 64)")
+    return tuple(dict.fromkeys(names))
+
+
+def roles(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """`name=scope,scope name=scope`: each role and the scopes it grants."""
+    found: dict[str, tuple[str, ...]] = {}
+    for item in raw.split():
+        name, sep, scopes = item.partition("=")
+        if not sep or not SCOPE_TOKEN.fullmatch(name):
+            raise ValueError("must be space-separated `role=scope,scope` items")
+        if name in found:
+            raise ValueError(f"role {name!r} is given twice")
+        found[name] = scope_names(scopes)
+    if not found:
+        raise ValueError("must name at least one role")
+    return tuple(found.items())
+
+
+def role_name(raw: str) -> str:
+    value = raw.strip()
+    if not SCOPE_TOKEN.fullmatch(value):
+        raise ValueError("must be a role name")
+    return value
 
 
 def log_level(raw: str) -> str:

@@ -628,7 +628,7 @@ def test_a_remembered_token_still_expires(keys_file, time_machine):
     """Verified tokens are remembered to skip the signature check, never past their expiry."""
     time_machine.move_to(datetime(2030, 1, 1, tzinfo=UTC), tick=False)
     service = TokenService(KeyRing.from_file(keys_file, timedelta(0)), "authsvc", "authsvc", ttl=1, leeway=0)
-    token = service.issue(1, uuid.uuid4())
+    token = service.issue(1, uuid.uuid4(), frozenset({"profile"}))
     assert service.verify(token).user_id == 1
     assert service.verify(token).user_id == 1  # from memory
     time_machine.shift(1.1)

@@ -142,7 +142,7 @@ async def test_starts_without_the_database_and_recovers_by_itself(running, start
     client = await start_app(url)
     assert (await client.get("/healthz")).status == 200  # the process is alive
     await _assert_unavailable(client, "GET", "/readyz")
-    someone = client.app[TOKENS].issue(1, uuid.uuid4())  # a well-signed token: only the database can judge it
+    someone = client.app[TOKENS].issue(1, uuid.uuid4(), frozenset({"profile"}))  # a well-signed token: only the database can judge it
     for _ in range(3):
         await _assert_unavailable(client, "POST", "/users", json={"email": "a@example.com", "password": PASSWORD})
         await _assert_unavailable(client, "POST", "/auth", json={"username": "a@example.com", "password": PASSWORD})

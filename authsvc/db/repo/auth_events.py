@@ -21,6 +21,17 @@ async def insert(
     )
 
 
+async def insert_admin(conn: asyncpg.Connection, actor: str, action: str, target: str, address: str) -> None:
+    """An admin action: who (`user:12`, `client:cl_...`, `operator`), what (`user.disable`), to what."""
+    await conn.execute(
+        "INSERT INTO auth_events (identifier, address, outcome, reason, actor) VALUES ($1, $2, 'admin', $3, $4)",
+        target,
+        address,
+        action,
+        actor,
+    )
+
+
 async def insert_many(
     conn: asyncpg.Connection, rows: list[tuple[datetime, str, str, str, str | None, int]]
 ) -> None:

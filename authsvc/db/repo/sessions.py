@@ -19,17 +19,22 @@ class RefreshState:
 
     session_id: uuid.UUID
     user_id: int
+    roles: list[str]
+    scopes: list[str] | None  # what the login asked for; None: all its roles grant
     used_at: datetime | None
     live: bool  # the session is neither revoked nor expired (absolute or idle)
     used_within_grace: bool
 
 
-async def insert_session(conn: asyncpg.Connection, session_id: uuid.UUID, user_id: int, lifetime: timedelta) -> None:
+async def insert_session(
+    conn: asyncpg.Connection, session_id: uuid.UUID, user_id: int, lifetime: timedelta, scopes: list[str] | None
+) -> None:
     await conn.execute(
-        "INSERT INTO sessions (id, user_id, expires_at) VALUES ($1, $2, now() + $3::interval)",
+        "INSERT INTO sessions (id, user_id, expires_at, scopes) VALUES ($1, $2, now() + $3::interval, $4)",
         session_id,
         user_id,
         lifetime,
+        scopes,
     )
 
 
@@ -48,7 +53,7 @@ async def lock_refresh(
     """
     row = await conn.fetchrow(
         """
-        SELECT s.id AS session_id, s.user_id, t.used_at,
+        SELECT s.id AS session_id, s.user_id, u.roles, s.scopes, t.used_at,
                (s.revoked_at IS NULL AND s.expires_at > now() AND s.last_used_at > now() - $2::interval
                 AND u.disabled_at IS NULL) AS live,
                (t.used_at IS NOT NULL AND t.used_at > clock_timestamp() - $3::interval) AS used_within_grace

@@ -9,7 +9,7 @@ from authsvc.auth.emails import Address, lookup_key
 
 COLUMNS = (
     "id, email, password_hash, first_name, last_name, created_at, updated_at, disabled_at,"
-    " email_key, email_skeleton, email_collides_with"
+    " email_key, email_skeleton, email_collides_with, roles"
 )
 
 
@@ -27,6 +27,7 @@ class User:
     email_key: str | None = None
     email_skeleton: str | None = None
     email_collides_with: int | None = None  # the account whose key or skeleton the backfill found it shares
+    roles: list[str] | tuple[str, ...] = ()  # each grants scopes (auth/scopes.py)
 
 
 def _user(row: asyncpg.Record | None) -> User | None:
@@ -34,14 +35,19 @@ def _user(row: asyncpg.Record | None) -> User | None:
 
 
 async def insert(
-    conn: asyncpg.Connection, address: Address, password_hash: str, first_name: str | None, last_name: str | None
+    conn: asyncpg.Connection,
+    address: Address,
+    password_hash: str,
+    first_name: str | None,
+    last_name: str | None,
+    roles: list[str],
 ) -> User | None:
     """Insert a user; None when the address is taken: the same key, or the same skeleton (a
     look-alike), or (rows not keyed yet) the same lower(email)."""
     row = await conn.fetchrow(
         f"""
-        INSERT INTO users (email, email_key, email_skeleton, password_hash, first_name, last_name)
-        VALUES ($1, $2, $3, $4, $5, $6)
+        INSERT INTO users (email, email_key, email_skeleton, password_hash, first_name, last_name, roles)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
         ON CONFLICT DO NOTHING
         RETURNING {COLUMNS}
         """,
@@ -51,6 +57,7 @@ async def insert(
         password_hash,
         first_name,
         last_name,
+        roles,
     )
     return _user(row)
 
@@ -173,3 +180,10 @@ async def set_disabled(conn: asyncpg.Connection, user_id: int, disabled: bool) -
 
 async def delete(conn: asyncpg.Connection, user_id: int) -> bool:
     return await conn.execute("DELETE FROM users WHERE id = $1", user_id) == "DELETE 1"
+
+
+async def set_roles(conn: asyncpg.Connection, user_id: int, roles: list[str]) -> User | None:
+    row = await conn.fetchrow(
+        f"UPDATE users SET roles = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}", user_id, roles
+    )
+    return _user(row)

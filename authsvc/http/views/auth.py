@@ -9,10 +9,11 @@ from authsvc.appkeys import (
     CREDENTIALS,
     CURRENT_SESSION,
     CURRENT_USER,
+    SCOPES,
     SESSIONS,
 )
 from authsvc.http.bodies import read_json, read_query
-from authsvc.http.middlewares import public
+from authsvc.http.middlewares import SESSION, public, requires
 from authsvc.http.schemas import (
     LoginSchema,
     LogoutQuery,
@@ -32,9 +33,10 @@ logout_query = LogoutQuery()
 @public
 async def login(request: web.Request) -> web.Response:
     data = await read_json(request, login_schema)
+    requested = request.app[SCOPES].parse(data.get("scope"))  # bad input: before any attempt
     identifier = data.get("username", data.get("email"))
     user = await request.app[CREDENTIALS].authenticate(identifier, data["password"], client_address(request))
-    return tokens_response(await request.app[SESSIONS].start(user))
+    return tokens_response(await request.app[SESSIONS].start(user, requested))
 
 
 @routes.post("/auth/refresh")
@@ -45,6 +47,7 @@ async def refresh(request: web.Request) -> web.Response:
 
 
 @routes.post("/auth/logout")
+@requires(subjects=SESSION)
 async def logout(request: web.Request) -> web.Response:
     """End this session, or with ?scope=all every session of the user."""
     query = read_query(request, logout_query)

@@ -9,11 +9,12 @@ import hmac
 from aiohttp import web
 from marshmallow import ValidationError
 
-from authsvc.appkeys import CREDENTIALS, SESSIONS, SETTINGS
+from authsvc.appkeys import CREDENTIALS, SCOPES, SESSIONS, SETTINGS
 from authsvc.errors import (
     ClientUnauthorized,
     InvalidBody,
     InvalidCredentials,
+    InvalidScope,
     NotFound,
     OAuthError,
 )
@@ -68,6 +69,13 @@ def _load_form(schema: Form, form: dict[str, str]) -> dict[str, str]:
 @public
 async def token(request: web.Request) -> web.Response:
     """The OAuth2 token endpoint: password grant (RFC 6749 4.3) and refresh (section 6)."""
+    try:
+        return await _token(request)
+    except InvalidScope as exc:
+        raise OAuthError("invalid_scope", exc.message) from None
+
+
+async def _token(request: web.Request) -> web.Response:
     form = await _read_form(request)
     grant_type = form.get("grant_type")
     if not grant_type:
@@ -78,11 +86,12 @@ async def token(request: web.Request) -> web.Response:
     if grant_type != "password" or not request.app[SETTINGS].password_grant:
         raise OAuthError("unsupported_grant_type", f"grant_type={grant_type} is not supported here.")
     data = _load_form(grant_schema, form)
+    requested = request.app[SCOPES].parse(data.get("scope"))
     try:
         user = await request.app[CREDENTIALS].authenticate(data["username"], data["password"], client_address(request))
     except InvalidCredentials:
         raise OAuthError("invalid_grant", InvalidCredentials.message) from None
-    return tokens_response(await request.app[SESSIONS].start(user))
+    return tokens_response(await request.app[SESSIONS].start(user, requested))
 
 
 def _check_service_credential(request: web.Request) -> None:

@@ -9,7 +9,7 @@ from authsvc.db.repo import todos
 from authsvc.errors import NotFound
 from authsvc.http.answers import json_response
 from authsvc.http.bodies import read_json, read_query
-from authsvc.http.middlewares import checks_session
+from authsvc.http.middlewares import checks_session, requires
 from authsvc.http.schemas import (
     TodoCreateSchema,
     TodoListQuery,
@@ -49,6 +49,7 @@ def next_link(last_id: int, limit: int, completed: bool | None) -> str:
 
 
 @routes.get("/todos")
+@requires("todos")
 @checks_session
 async def list_todos(request: web.Request) -> web.Response:
     query = read_query(request, list_query)
@@ -69,6 +70,7 @@ async def list_todos(request: web.Request) -> web.Response:
 
 
 @routes.post("/todos")
+@requires("todos")
 @checks_session
 async def create_todo(request: web.Request) -> web.Response:
     data = await read_json(request, create_schema)
@@ -78,6 +80,7 @@ async def create_todo(request: web.Request) -> web.Response:
 
 
 @routes.get("/todos/{id}")
+@requires("todos")
 @checks_session
 async def get_todo(request: web.Request) -> web.Response:
     todo_id = _todo_id(request)
@@ -98,18 +101,21 @@ async def _update(request: web.Request, schema: TodoPatchSchema | TodoPutSchema)
 
 
 @routes.patch("/todos/{id}")
+@requires("todos")
 @checks_session
 async def patch_todo(request: web.Request) -> web.Response:
     return await _update(request, patch_schema)
 
 
 @routes.put("/todos/{id}")
+@requires("todos")
 @checks_session
 async def put_todo(request: web.Request) -> web.Response:
     return await _update(request, put_schema)
 
 
 @routes.delete("/todos/{id}")
+@requires("todos")
 @checks_session
 async def delete_todo(request: web.Request) -> web.Response:
     todo_id = _todo_id(request)

@@ -7,7 +7,7 @@ from authsvc.db.repo import users
 from authsvc.errors import InvalidToken
 from authsvc.http.answers import json_response
 from authsvc.http.bodies import read_json
-from authsvc.http.middlewares import public
+from authsvc.http.middlewares import SESSION, public, requires
 from authsvc.http.schemas import (
     PasswordChangeSchema,
     SignupSchema,
@@ -40,11 +40,13 @@ async def signup(request: web.Request) -> web.Response:
 
 
 @routes.get("/users/me")
+@requires("profile")
 async def me(request: web.Request) -> web.Response:
     return json_response(user_json(request[CURRENT_USER]))
 
 
 @routes.patch("/users/me")
+@requires("profile")
 async def update_me(request: web.Request) -> web.Response:
     changes = await read_json(request, patch_schema)
     user = request[CURRENT_USER]
@@ -57,6 +59,7 @@ async def update_me(request: web.Request) -> web.Response:
 
 
 @routes.post("/users/me/password")
+@requires(subjects=SESSION)
 async def change_password(request: web.Request) -> web.Response:
     data = await read_json(request, password_schema)
     await request.app[ACCOUNTS].change_password(
@@ -70,6 +73,7 @@ async def change_password(request: web.Request) -> web.Response:
 
 
 @routes.delete("/users/me")
+@requires(subjects=SESSION)
 async def delete_me(request: web.Request) -> web.Response:
     await request.app[ACCOUNTS].delete(request[CURRENT_USER])
     return web.Response(status=204)
