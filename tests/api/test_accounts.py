@@ -181,10 +181,12 @@ async def test_passwords_are_compared_exactly_as_typed(client):
 
 
 async def assert_token_response(resp, settings) -> dict:
-    """RFC 6749 5.1: the token body, and headers that forbid caching it."""
+    """RFC 6749 5.1: the token body (with the scope granted, the user role's), and headers that
+    forbid caching it."""
     body = await resp.json()
     assert resp.status == 200, body
-    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token"}
+    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token", "scope"}
+    assert body["scope"] == "profile todos"
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == settings.access_token_ttl
     assert resp.headers["Cache-Control"] == "no-store"
