@@ -157,12 +157,17 @@ class World:
     authsvc: TestClient
     service: TestClient
     verifier: TokenVerifier
-    token: str  # a real login token (no scope claim yet)
+    token: str  # a real login token (scope "profile todos")
     settings: Settings
     clock: Clock
 
     def scoped(self, scope: Any) -> str:
         return scoped(self.authsvc.app, self.token, scope)
+
+    def unscoped(self) -> str:
+        """The login token as authsvc made it before tokens carried a scope."""
+        claims = jwt.decode(self.token, options={"verify_signature": False})
+        return sign(self.authsvc.app, {name: value for name, value in claims.items() if name != "scope"})
 
     def client_token(self, client_id: str = "cl_0123456789abcdef", scope: Any = "orders:read", **extra: Any) -> str:
         return client_token(self.authsvc.app, self.settings, client_id, scope, **extra)
@@ -228,18 +233,17 @@ async def assert_invalid(resp: Any) -> None:
 # --- user tokens ---
 
 
-async def test_todays_login_token_has_no_scope_claim_and_so_no_scopes(world, db):
-    # Changes when the foundation lands: login tokens then carry the role's scopes.
-    assert "scope" not in jwt.decode(world.token, options={"verify_signature": False})
+async def test_a_login_token_carries_its_roles_scopes(world, db):
+    assert jwt.decode(world.token, options={"verify_signature": False})["scope"] == "profile todos"
     user_id = await db.fetchval("SELECT id FROM users WHERE email = $1", OWNER)
     me = await whoami(world, world.token)
-    assert me == {"kind": "user", "scopes": [], "client_id": None, "sub": str(user_id)}
+    assert me == {"kind": "user", "scopes": ["profile", "todos"], "client_id": None, "sub": str(user_id)}
     await assert_insufficient(await world.service.get("/orders", headers=bearer(world.token)), "orders:read")
 
 
 async def test_legacy_scopes_are_what_a_token_without_the_claim_may_do(start):
     world = await start(legacy_scopes=("orders:read", "profile"))
-    assert (await whoami(world, world.token, "/orders"))["scopes"] == ["orders:read", "profile"]
+    assert (await whoami(world, world.unscoped(), "/orders"))["scopes"] == ["orders:read", "profile"]
     # A token that states its scopes gets those, not the legacy ones.
     await assert_insufficient(await world.service.get("/orders", headers=bearer(world.scoped("profile"))), "orders:read")
 
