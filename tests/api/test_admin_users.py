@@ -11,6 +11,7 @@ import jwt
 import pytest
 from helpers import PASSWORD, assert_error, bearer, login, signup
 
+from authsvc.appkeys import TOKENS
 from authsvc.cli import main as cli
 from authsvc.settings import Settings
 
@@ -251,6 +252,23 @@ async def test_an_admin_cannot_lock_themselves_out(client, admin, db):
     assert await db.fetchval(state, admin["id"])
     me = f"user:{admin['id']}"
     assert await audit(db) == [(me, "user.roles", me, "127.0.0.1")]
+
+
+async def test_a_client_with_scope_admin_acts_as_itself(client, db):
+    """A service's own token (client_credentials) is taken too, and recorded as the client."""
+    user = await signup(client, VICTIM)
+    await db.execute(
+        "INSERT INTO clients (id, name, scopes, auth_method, token_ttl) VALUES"
+        " ('cl_ops', 'ops', '{admin}', 'client_secret', 300), ('cl_other', 'other', '{todos}', 'client_secret', 300)"
+    )
+    tokens = client.app[TOKENS]
+    ops = bearer(tokens.issue_client("cl_ops", frozenset({"admin"}), 300))
+    resp = await client.post(f"/admin/users/{user['id']}/disable", headers=ops)
+    assert resp.status == 200, await resp.text()
+    other = bearer(tokens.issue_client("cl_other", frozenset({"todos"}), 300))
+    resp = await client.post(f"/admin/users/{user['id']}/enable", headers=other)
+    await assert_error(resp, 403, "insufficient_scope")
+    assert await audit(db) == [("client:cl_ops", "user.disable", f"user:{user['id']}", "127.0.0.1")]
 
 
 # --- the operator's commands: the same service, recorded as `operator` ---
