@@ -75,6 +75,23 @@ async def test_without_admin_scope_403_and_without_a_token_401(client, db, metho
     assert await audit(db) == []
 
 
+async def test_an_ended_admin_session_is_401_on_every_admin_route(client, admin, db):
+    victim = await signup(client, VICTIM)
+    assert (await client.post("/auth/logout", headers=admin["auth"])).status == 204
+    path = f"/admin/users/{victim['id']}"
+    for method, url, body in [
+        ("GET", "/admin/users", None),
+        ("GET", path, None),
+        ("POST", f"{path}/disable", None),
+        ("POST", f"{path}/enable", None),
+        ("DELETE", path, None),
+        ("PUT", f"{path}/roles", {"roles": ["admin"]}),
+    ]:
+        await assert_error(await client.request(method, url, json=body, headers=admin["auth"]), 401, "invalid_token")
+    assert await db.fetchval("SELECT roles FROM users WHERE id = $1", victim["id"]) == ["user"]
+    assert await audit(db) == []
+
+
 async def test_an_admin_login_that_asked_for_less_is_refused_too(client, admin):
     resp = await client.post("/auth", json={"email": ADMIN, "password": PASSWORD, "scope": "profile todos"})
     narrow = bearer((await resp.json())["access_token"])
