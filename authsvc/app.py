@@ -27,9 +27,11 @@ from authsvc.appkeys import (
     SIGNUPS,
     THROTTLE,
     TOKENS,
+    USER_ADMIN,
 )
 from authsvc.auth import throttle
 from authsvc.auth.accounts import Accounts
+from authsvc.auth.admin_users import UserAdmin
 from authsvc.auth.clients import Clients
 from authsvc.auth.credentials import Credentials
 from authsvc.auth.keyring import RELOAD_EVERY, KeyRing
@@ -43,6 +45,7 @@ from authsvc.http.middlewares import bearer_auth, errors_to_json, security_heade
 from authsvc.http.observe import echo_request_id, observe
 from authsvc.http.openapi import document_bytes
 from authsvc.http.views import (
+    admin_users,
     auth,
     health,
     metrics,
@@ -115,6 +118,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         database, hasher, app[PASSWORD_POLICY], app[SIGNUPS], credentials, default_role=s.default_role
     )
     app[CLIENTS] = Clients(database)
+    app[USER_ADMIN] = UserAdmin(database, app[SCOPES])
 
     async def reload_keys() -> None:
         if await tokens.keys.reload_if_changed():
@@ -190,7 +194,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] | None = None) 
     app.cleanup_ctx.append(throttle_ctx)
     app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(metrics_ctx)
-    for module in (health, wellknown, openapi, auth, oauth, users, todos, metrics):
+    for module in (health, wellknown, openapi, auth, oauth, users, todos, admin_users, metrics):
         app.add_routes(module.routes)
     app[OPENAPI] = document_bytes(app, settings)
     _setup_cors(app, settings.cors_origins)

@@ -26,6 +26,7 @@ CREDENTIALS = web.AppKey("credentials", "Credentials")
 ACCOUNTS = web.AppKey("accounts", "Accounts")
 CLIENTS = web.AppKey("clients", "Clients")
 SCOPES = web.AppKey("scopes", "ScopeModel")
+USER_ADMIN = web.AppKey("user_admin", "UserAdmin")
 OPENAPI = web.AppKey("openapi", bytes)  # the document, as served
 
 # Set by the bearer middleware on protected routes: the user, or for a route whose statement

@@ -131,6 +131,24 @@ class EmailTaken(Conflict):
     message = "An account with this email already exists."
 
 
+class OwnAccount(Conflict):
+    """An admin acting on their own account in a way that would lock them out."""
+
+    code = "own_account"
+    message = (
+        "An admin cannot disable, delete or take scopes from their own account; "
+        "another admin or an operator (authsvc users ...) can."
+    )
+
+
+class UnknownRole(ApiError):
+    """A role that AUTHSVC_ROLES does not define."""
+
+    status = 422
+    code = "unknown_role"
+    message = "No such role."
+
+
 class WrongCurrentPassword(ApiError):
     status = 403
     code = "invalid_current_password"

@@ -221,6 +221,11 @@ async def exercise(conn: asyncpg.Connection, s: Sample, settings: Settings | Non
          lambda c: users.select_holder(c, s.user_id, key, key.replace("m", "rn"))),
         ("backfill", "users.set_email_keys", True, True,
          lambda c: users.set_email_keys(c, s.user_id, key, key.replace("m", "rn"), None)),
+        # The admin API (auth/admin_users.py): a page of users by id, one user locked for a change.
+        ("admin", "users.select_page", True, True, lambda c: users.select_page(c, None, 0, 50)),
+        ("admin", "users.select_page (by email prefix, after an id)", True, True,
+         lambda c: users.select_page(c, s.email[:3], s.user_id, 50)),
+        ("admin", "users.select_by_id", True, True, lambda c: users.select_by_id(c, s.user_id, lock=True)),
         # Operator commands: rare, and allowed a whole table.
         ("operator", "users.set_disabled", False, True, lambda c: users.set_disabled(c, s.user_id, False)),
         ("operator", "users.set_roles", False, True, lambda c: users.set_roles(c, s.user_id, ["user"])),

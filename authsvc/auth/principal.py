@@ -12,6 +12,7 @@ USER = "user"
 CLIENT = "client"
 API_KEY = "api_key"
 OPERATOR = "operator"  # the actor of a command run by an operator (authsvc.cli)
+OPERATOR_ADDRESS = "local"  # the address its audit records give: it came from no network
 
 
 @dataclass(frozen=True)

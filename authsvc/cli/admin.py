@@ -1,6 +1,7 @@
-"""Operator commands: `authsvc users create | disable | enable`, `throttle reset`, `settings`.
+"""Operator commands: `authsvc users create | disable | enable | roles`, `throttle reset`, `settings`.
 
-They act on the database directly, so they work whether or not the service is running, and
+They act on the database directly (users: through the admin API's own service, recorded with
+the actor `operator`), so they work whether or not the service is running, and
 a running service sees the change on its next request (a throttling refusal it keeps in
 memory: within `throttle_memory_ms`). Passwords are never taken from the command line, where
 `ps` and the shell history would show them.
@@ -19,14 +20,16 @@ from marshmallow import ValidationError
 
 from authsvc import settings as config
 from authsvc.auth.accounts import Accounts
+from authsvc.auth.admin_users import Change, UserAdmin
 from authsvc.auth.passwords import PasswordHasher
+from authsvc.auth.principal import OPERATOR_ADDRESS
+from authsvc.auth.scopes import ScopeModel
 from authsvc.auth.throttle import normalise
 from authsvc.cli import secretfiles
 from authsvc.db import pool as db
-from authsvc.db.repo import login_backoff, login_budgets, users
-from authsvc.db.repo import sessions as session_repo
+from authsvc.db.repo import login_backoff, login_budgets
 from authsvc.db.repo.users import User
-from authsvc.errors import EmailTaken, PasswordRefused
+from authsvc.errors import EmailTaken, NotFound, PasswordRefused, UnknownRole
 from authsvc.http.breached import open_policy
 from authsvc.http.schemas import SignupSchema
 from authsvc.settings import ConfigError, Settings, env_name
@@ -78,13 +81,13 @@ def check_signup(email: str, password: str | None, first_name: str | None, last_
         raise ConfigError(labels.get(field, field), " ".join(messages)) from None
 
 
-async def create_user(settings: Settings, data: dict[str, Any]) -> User:
+async def create_user(settings: Settings, data: dict[str, Any], role: str | None = None) -> User:
     assert settings.password_pepper is not None, "resolve the pepper first (secretfiles.resolve_pepper)"
     hasher = PasswordHasher(settings.password_pepper, settings.bcrypt_rounds, workers=1, queue=1)
     try:
         async with _pool(settings) as pool, open_policy(settings) as policy:
             # The service POST /users uses, without a signup budget: the operator has none.
-            accounts = Accounts(pool, hasher, policy, default_role=settings.default_role)
+            accounts = Accounts(pool, hasher, policy, default_role=role or settings.default_role)
             try:
                 return await accounts.signup(
                     data["email"], data["password"], data.get("first_name"), data.get("last_name")
@@ -97,39 +100,65 @@ async def create_user(settings: Settings, data: dict[str, Any]) -> User:
         hasher.close()
 
 
-async def set_disabled(settings: Settings, email: str, disabled: bool) -> tuple[User, bool, int]:
-    """Disable or enable; return the user as it was, whether it changed, and the sessions ended."""
-    async with _pool(settings) as pool, pool.acquire() as conn, conn.transaction():
-        user = await users.select_by_email(conn, email)
-        if user is None:
-            raise CommandFailed(f"no user with email {email}")
-        changed = (user.disabled_at is None) == disabled
-        if changed:
-            await users.set_disabled(conn, user.id, disabled)
-        ended = 0
+@asynccontextmanager
+async def _user_admin(settings: Settings) -> AsyncIterator[UserAdmin]:
+    """The service the admin API uses (audit records and all), acting as the operator."""
+    async with _pool(settings) as pool:
+        yield UserAdmin(pool, ScopeModel.from_settings(settings))
+
+
+async def set_disabled(settings: Settings, email: str, disabled: bool) -> tuple[User, Change]:
+    """Disable or enable; return the user as it was and what the change did."""
+    async with _user_admin(settings) as admin:
+        user = await _by_email(admin, email)
         if disabled:
             # Refresh tokens die with their session; access tokens are refused at authsvc on
             # their next request, since every request reads the session and the user together.
-            ended = await session_repo.revoke_all(conn, user.id, "disabled")
-    return user, changed, ended
+            return user, await admin.disable(None, user.id, OPERATOR_ADDRESS)
+        return user, await admin.enable(None, user.id, OPERATOR_ADDRESS)
+
+
+async def set_roles(settings: Settings, email: str, roles: list[str]) -> Change:
+    async with _user_admin(settings) as admin:
+        user = await _by_email(admin, email)
+        try:
+            return await admin.set_roles(None, user.id, roles, OPERATOR_ADDRESS)
+        except UnknownRole as exc:
+            raise ConfigError("ROLE", exc.message) from None
+
+
+async def _by_email(admin: UserAdmin, email: str) -> User:
+    try:
+        return await admin.by_email(email)
+    except NotFound:
+        raise CommandFailed(f"no user with email {email}") from None
 
 
 def users_command(settings: Settings, args: Any, with_database: Callable[[Settings], Settings]) -> None:
-    """`users create | disable | enable EMAIL`; the database is started (embedded) only after
-    the arguments passed their checks."""
+    """`users create | disable | enable EMAIL`, `users roles EMAIL ROLE...`; the database is
+    started (embedded) only after the arguments passed their checks."""
     action, email = args.action, args.email
     if action == "create":
+        role = args.role or settings.default_role
+        if role not in dict(settings.roles):
+            raise ConfigError("--role", f"{role!r} is not one of AUTHSVC_ROLES")
         check_signup(email, None, args.first_name, args.last_name)  # before asking for the password
         data = check_signup(email, read_password(args.password_stdin), args.first_name, args.last_name)
-        user = asyncio.run(create_user(with_database(settings), data))
-        print(f"authsvc: created user {user.id} {user.email}")
+        user = asyncio.run(create_user(with_database(settings), data, role))
+        print(f"authsvc: created user {user.id} {user.email}" + (f" with role {role}" if args.role else ""))
         return
-    user, changed, ended = asyncio.run(set_disabled(with_database(settings), email, action == "disable"))
+    if action == "roles":
+        change = asyncio.run(set_roles(with_database(settings), email, args.roles))
+        user = change.user
+        ended = f"; {change.sessions_ended} session(s) ended" if change.sessions_ended else ""
+        print(f"authsvc: user {user.id} {user.email} roles: {' '.join(sorted(user.roles)) or '(none)'}{ended}")
+        return
+    user, change = asyncio.run(set_disabled(with_database(settings), email, action == "disable"))
     if action == "disable":
-        state = "disabled" if changed else f"already disabled since {user.disabled_at:%Y-%m-%d %H:%M:%S %Z}"
-        print(f"authsvc: user {user.id} {user.email} {state}; {ended} session(s) ended")
+        state = "disabled" if change.changed else f"already disabled since {user.disabled_at:%Y-%m-%d %H:%M:%S %Z}"
+        print(f"authsvc: user {user.id} {user.email} {state}; {change.sessions_ended} session(s) ended")
     else:
-        state = "enabled; earlier sessions stay ended" if changed else "was not disabled"
+        state = "enabled; earlier sessions stay ended" if change.changed else "was not disabled"
         print(f"authsvc: user {user.id} {user.email} {state}")
 
 

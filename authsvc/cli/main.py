@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _operator_parsers(sub: Any) -> None:
-    users = sub.add_parser("users", help="create, disable or enable a user").add_subparsers(
+    users = sub.add_parser("users", help="create, disable or enable a user, or set their roles").add_subparsers(
         dest="action", required=True
     )
     create = users.add_parser("create", help="create a user, as POST /users does")
@@ -83,8 +83,14 @@ def _operator_parsers(sub: Any) -> None:
     create.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin (else it is asked for twice)"
     )
+    create.add_argument("--role", help="the user's role (default: AUTHSVC_DEFAULT_ROLE)")
     for action, what in (("disable", "no login, every session ends"), ("enable", "logging in works again")):
         users.add_parser(action, help=f"{action} a user: {what}").add_argument("email", metavar="EMAIL")
+    roles = users.add_parser(
+        "roles", help="give a user exactly these roles (AUTHSVC_ROLES); fewer scopes end their sessions"
+    )
+    roles.add_argument("email", metavar="EMAIL")
+    roles.add_argument("roles", metavar="ROLE", nargs="+")
     throttle = sub.add_parser("throttle", help="reset login throttling").add_subparsers(dest="action", required=True)
     reset = throttle.add_parser("reset", help="forget the failed logins of an account (every address) or an address")
     reset.add_argument("email", metavar="EMAIL", nargs="?")

@@ -50,8 +50,16 @@ def load(schema: Schema, data: Any) -> dict[str, Any]:
 
 
 def _messages(exc: ValidationError) -> dict[str, Any]:
-    messages = exc.normalized_messages()
+    messages = _string_keys(exc.normalized_messages())
     return messages if isinstance(messages, dict) else {"_schema": messages}
+
+
+def _string_keys(messages: Any) -> Any:
+    # A list field's messages are keyed by item index ({"roles": {0: [...]}}): JSON keys are
+    # strings, and the encoder refuses an int key (a 500 instead of the 422).
+    if isinstance(messages, dict):
+        return {str(key): _string_keys(value) for key, value in messages.items()}
+    return messages
 
 
 async def read_json(request: web.Request, schema: Schema) -> dict[str, Any]:

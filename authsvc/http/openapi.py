@@ -26,6 +26,8 @@ from authsvc import __version__
 from authsvc.auth.ids import MAX_ID
 from authsvc.http.schemas import (
     MAX_OFFSET,
+    AdminUserListQuery,
+    AdminUserSchema,
     Email,
     ErrorSchema,
     IntrospectionSchema,
@@ -37,6 +39,7 @@ from authsvc.http.schemas import (
     PasswordChangeSchema,
     RefreshGrantSchema,
     RefreshSchema,
+    RolesSchema,
     SignupSchema,
     StatusSchema,
     Text,
@@ -83,6 +86,7 @@ class Operation:
 
 
 TODO_PATH = "/todos/{id}"
+ADMIN_USER_PATH = "/admin/users/{id}"
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
     # --- service ---
@@ -165,6 +169,33 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Change some fields of a todo", "todos", TodoSchema, json=TodoPatchSchema, errors=(404,)
     ),
     ("DELETE", TODO_PATH): Operation("Delete a todo", "todos", ok=204, errors=(404,)),
+    # --- admin: users ---
+    ("GET", "/admin/users"): Operation(
+        "Users, by id (scope admin)", "admin", {"type": "array", "items": AdminUserSchema},
+        query=AdminUserListQuery, ok_headers=("Link",),
+        description="Pages by id: a full page carries a Link header to the next one (after its last id, "
+        "with the same limit and email_prefix).",
+    ),
+    ("GET", ADMIN_USER_PATH): Operation(
+        "One user (scope admin)", "admin", AdminUserSchema, errors=(404,)
+    ),
+    ("POST", ADMIN_USER_PATH + "/disable"): Operation(
+        "Disable a user: no login, every session ends at once (scope admin)", "admin", AdminUserSchema,
+        errors=(404, 409), description="409 own_account: an admin cannot disable their own account.",
+    ),
+    ("POST", ADMIN_USER_PATH + "/enable"): Operation(
+        "Enable a user again; ended sessions stay ended (scope admin)", "admin", AdminUserSchema, errors=(404,)
+    ),
+    ("DELETE", ADMIN_USER_PATH): Operation(
+        "Delete a user, its sessions, todos and API keys (scope admin)", "admin", ok=204, errors=(404, 409),
+        description="409 own_account: an admin cannot delete their own account.",
+    ),
+    ("PUT", ADMIN_USER_PATH + "/roles"): Operation(
+        "Set a user's roles (scope admin)", "admin", AdminUserSchema, json=RolesSchema, errors=(404, 409),
+        description="Roles that grant fewer scopes than before end the user's sessions at once (their tokens "
+        "carry the old scopes); more scopes come with the next refresh. 422 unknown_role for a role "
+        "AUTHSVC_ROLES does not define; 409 own_account for an admin taking scopes from themselves.",
+    ),
 }
 
 # Every error answer, by name. The body is ErrorSchema unless said otherwise.
@@ -198,11 +229,12 @@ RESPONSES: dict[str, dict[str, Any]] = {
     },
     "NotFound": {"description": "not_found."},
     "RequestTimeout": {"description": "request_timeout: the body did not arrive in time; the connection closes."},
-    "Conflict": {"description": "email_taken."},
+    "Conflict": {"description": "email_taken; or own_account: an admin acting on their own account."},
     "PayloadTooLarge": {"description": "payload_too_large: the body is over AUTHSVC_MAX_BODY_BYTES."},
     "UnsupportedMediaType": {"description": "unsupported_media_type: send UTF-8 application/json."},
     "ValidationFailed": {
-        "description": "validation_failed: `details` maps each field (or _schema) to its messages.",
+        "description": "validation_failed: `details` maps each field (or _schema) to its messages; "
+        "unknown_role: a role AUTHSVC_ROLES does not define.",
     },
     "ValidationFailedOrPasswordRefused": {
         "description": "validation_failed: `details` maps each field (or _schema) to its messages; or a "
@@ -260,8 +292,9 @@ def _error_statuses(op: Operation) -> dict[int, str]:
 
 # Success headers sent only sometimes, and what they say.
 OPTIONAL_HEADERS: dict[str, str] = {
-    "Link": 'RFC 8288: `</todos?after=ID&limit=N[&completed=true|false]>; rel="next"`, the next page, '
-    "on a full page only. A reference relative to the request URL, as Location is.",
+    "Link": 'RFC 8288: `</todos?after=ID&limit=N[&completed=true|false]>; rel="next"` (on /admin/users: '
+    "`after`, `limit` and `email_prefix`), the next page, on a full page only. A reference relative to "
+    "the request URL, as Location is.",
 }
 
 
@@ -292,7 +325,7 @@ def _operation(method: str, path: str, op: Operation) -> dict[str, Any]:
             "in": "path",
             "name": "id",
             "required": True,
-            "description": "Any other value names no todo: 404.",
+            "description": "Any other value names nothing: 404.",
             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
             "example": 1,
         })

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import requests
 import schemathesis
@@ -29,12 +30,13 @@ from schemathesis.specs.openapi import checks
 
 from authsvc.app import create_app
 from authsvc.appkeys import POOL
-from authsvc.http.openapi import OPERATIONS, TODO_PATH
+from authsvc.http.openapi import ADMIN_USER_PATH, OPERATIONS, TODO_PATH
 from authsvc.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ("fuzz-service", "fuzz-service-secret-0123456789")
 EMAIL = "fuzz@example.com"
+TARGET = "fuzz-target@example.com"  # the user the admin routes may disable, demote or delete
 # Per operation and mode: about 90 s for the whole document on two cores. Raise it for a
 # deeper run by hand: AUTHSVC_FUZZ_EXAMPLES=500 pytest tests/test_fuzz.py
 EXAMPLES = int(os.environ.get("AUTHSVC_FUZZ_EXAMPLES", "20"))
@@ -76,21 +78,37 @@ def live_url(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
-class Account:
-    """A user with a live session and a few todos; made again when a fuzzed call ends it."""
+async def _make_admin(database_url: str, email: str) -> None:
+    """What `authsvc users roles EMAIL admin user` does, straight in SQL."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE users SET roles = '{admin,user}' WHERE email = $1", email)
+    finally:
+        await conn.close()
 
-    def __init__(self, base_url: str) -> None:
+
+class Account:
+    """An admin with a live session and a few todos; made again when a fuzzed call ends it.
+
+    The admin routes act on `TARGET`, a second user, and on whatever ids the fuzzer draws; the
+    admin's own account they refuse to disable, delete or demote (409 own_account)."""
+
+    def __init__(self, base_url: str, database_url: str) -> None:
         self.base_url = base_url
+        self.database_url = database_url
         self.http = requests.Session()
         self.token = ""
         self.renew()
 
     def renew(self) -> None:
-        resp = self.http.post(f"{self.base_url}/users", json={"email": EMAIL, "password": PASSWORD})
-        assert resp.status_code in (201, 409), resp.text
+        for email in (EMAIL, TARGET):
+            resp = self.http.post(f"{self.base_url}/users", json={"email": email, "password": PASSWORD})
+            assert resp.status_code in (201, 409), resp.text
+        asyncio.run(_make_admin(self.database_url, EMAIL))
         resp = self.http.post(f"{self.base_url}/auth", json={"username": EMAIL, "password": PASSWORD})
         assert resp.status_code == 200, resp.text
         self.token = resp.json()["access_token"]
+        self.user_id = self.http.get(f"{self.base_url}/users/me", headers=self.bearer()).json()["id"]
         for text in ("one", "two"):  # ids for the todo operations to find
             self.http.post(f"{self.base_url}/todos", json={"text": text}, headers=self.bearer())
 
@@ -114,8 +132,8 @@ class Account:
 
 
 @pytest.fixture
-def account(live_url: str) -> Iterator[Account]:
-    acc = Account(live_url)
+def account(live_url: str, settings: Settings) -> Iterator[Account]:
+    acc = Account(live_url, str(settings.database_url))
     yield acc
     acc.http.close()
 
@@ -231,12 +249,12 @@ def strict_server(settings: Settings) -> Iterator[LiveServer]:
         server.stop()
 
 
-def test_refusals_match_the_document(strict_server: LiveServer) -> None:
+def test_refusals_match_the_document(strict_server: LiveServer, settings: Settings) -> None:
     """Each error status of the document, brought about on purpose and checked against it."""
     url = strict_server.url
     config = SchemathesisConfig.from_path(ROOT / "schemathesis.toml")
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=config)
-    account = Account(url)
+    account = Account(url, str(settings.database_url))
     http = account.http
     seen: dict[tuple[str, str], set[int]] = {}
 
@@ -258,6 +276,11 @@ def test_refusals_match_the_document(strict_server: LiveServer) -> None:
     conforms("GET", "/todos/{id}", http.get(f"{url}/todos/{todo['id'] + 100}", headers=account.bearer()), 404)
     conforms("DELETE", "/todos/{id}", http.delete(f"{url}/todos/abc", headers=account.bearer()), 404)
     conforms("POST", "/users", http.post(f"{url}/users", json={"email": EMAIL, "password": PASSWORD}), 409)
+    me = f"{url}/admin/users/{account.user_id}"
+    conforms("POST", f"{ADMIN_USER_PATH}/disable", http.post(f"{me}/disable", headers=account.bearer()), 409)
+    unknown_role = http.put(f"{me}/roles", json={"roles": ["wizard"]}, headers=account.bearer())
+    conforms("PUT", f"{ADMIN_USER_PATH}/roles", unknown_role, 422)
+    assert unknown_role.json()["error"] == "unknown_role"
     # Well-formed passwords the password policy refuses: 422 with its own codes.
     weak = http.post(f"{url}/users", json={"email": "weak@example.com", "password": "Password1"})
     conforms("POST", "/users", weak, 422)
@@ -295,12 +318,12 @@ def test_refusals_match_the_document(strict_server: LiveServer) -> None:
     assert {status for statuses in seen.values() for status in statuses} == every_error
 
 
-def test_successes_match_the_document(live_url: str) -> None:
+def test_successes_match_the_document(live_url: str, settings: Settings) -> None:
     """Every operation's success answer, brought about on purpose and checked against the
     document: random data rarely logs in, refreshes or finds an existing todo."""
     config = SchemathesisConfig.from_path(ROOT / "schemathesis.toml")
     schema = schemathesis.openapi.from_url(f"{live_url}/openapi.json", config=config)
-    account = Account(live_url)
+    account = Account(live_url, str(settings.database_url))
     http = account.http
     seen: set[tuple[str, str]] = set()
 
@@ -343,6 +366,19 @@ def test_successes_match_the_document(live_url: str) -> None:
     conforms("PUT", TODO_PATH, http.put(one, json={"text": "again", "completed": True}, headers=auth))
     conforms("PATCH", TODO_PATH, http.patch(one, json={"completed": False}, headers=auth))
     conforms("DELETE", TODO_PATH, http.delete(one, headers=auth))
+    # The admin routes, on the second user.
+    second = http.get(f"{url}/admin/users?email_prefix=second@", headers=auth).json()[0]
+    pages = conforms("GET", "/admin/users", http.get(f"{url}/admin/users?limit=1", headers=auth))
+    assert pages.links["next"]["url"].startswith("/admin/users?after="), pages.headers
+    conforms("GET", "/admin/users", http.get(url + pages.links["next"]["url"], headers=auth))
+    other = f"{url}/admin/users/{second['id']}"
+    conforms("GET", ADMIN_USER_PATH, http.get(other, headers=auth))
+    conforms("POST", f"{ADMIN_USER_PATH}/disable", http.post(f"{other}/disable", headers=auth))
+    conforms("POST", f"{ADMIN_USER_PATH}/enable", http.post(f"{other}/enable", headers=auth))
+    promote = http.put(f"{other}/roles", json={"roles": ["admin"]}, headers=auth)
+    promoted = conforms("PUT", f"{ADMIN_USER_PATH}/roles", promote)
+    assert promoted.json()["roles"] == ["admin"]
+    conforms("DELETE", ADMIN_USER_PATH, http.delete(other, headers=auth))
     change = {"current_password": PASSWORD, "new_password": PASSWORD + " and more"}
     conforms("POST", "/users/me/password", http.post(f"{url}/users/me/password", json=change, headers=auth))
     conforms("POST", "/auth/logout", http.post(f"{url}/auth/logout?scope=all", headers=auth))

@@ -380,7 +380,7 @@ def test_the_documented_examples_parse():
     example = operations.split("## Operator commands", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     lines = [line for line in example.splitlines() if "authsvc " in line and not line.startswith("#")]
     commands = [line.split("authsvc ", 1)[1] for line in lines]
-    assert len(commands) == 6
+    assert len(commands) == 7  # users create, disable, enable, roles; throttle reset twice; settings
     parser = cli._parser()
     for command in commands:
         parser.parse_args(command.split())

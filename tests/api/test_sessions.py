@@ -368,6 +368,12 @@ AFTER_LOGOUT = [
     ("PUT", "/todos/{id}", {"text": "y", "completed": False}),
     ("DELETE", "/todos/{id}", None),
     ("POST", "/auth/logout", None),
+    ("GET", "/admin/users", None),
+    ("GET", "/admin/users/{id}", None),
+    ("POST", "/admin/users/{id}/disable", None),
+    ("POST", "/admin/users/{id}/enable", None),
+    ("DELETE", "/admin/users/{id}", None),
+    ("PUT", "/admin/users/{id}/roles", {"roles": ["user"]}),
 ]
 
 

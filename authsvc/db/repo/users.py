@@ -62,6 +62,31 @@ async def insert(
     return _user(row)
 
 
+async def select_by_id(conn: asyncpg.Connection, user_id: int, *, lock: bool = False) -> User | None:
+    """The user with this id; `lock`: FOR UPDATE, for a change that depends on what it reads."""
+    row = await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM users WHERE id = $1" + (" FOR UPDATE" if lock else ""), user_id
+    )
+    return _user(row)
+
+
+async def select_page(conn: asyncpg.Connection, email_prefix: str | None, after_id: int, limit: int) -> list[User]:
+    """Users by id after `after_id` (keyset: as cheap at any depth), those whose email starts
+    with `email_prefix` (any case) when it is given."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {COLUMNS} FROM users
+         WHERE id > $1 AND ($2::text IS NULL OR starts_with(lower(email), lower($2)))
+         ORDER BY id
+         LIMIT $3
+        """,
+        after_id,
+        email_prefix,
+        limit,
+    )
+    return [User(**row) for row in rows]
+
+
 async def select_by_email(conn: asyncpg.Connection, email: str) -> User | None:
     """The account an address typed at login (or given to a command) names, if any."""
     row = await conn.fetchrow(
@@ -170,12 +195,16 @@ async def update_password_hash(
     return result == "UPDATE 1"
 
 
-async def set_disabled(conn: asyncpg.Connection, user_id: int, disabled: bool) -> None:
-    await conn.execute(
-        "UPDATE users SET disabled_at = CASE WHEN $2 THEN now() END, updated_at = now() WHERE id = $1",
+async def set_disabled(conn: asyncpg.Connection, user_id: int, disabled: bool) -> User | None:
+    row = await conn.fetchrow(
+        f"""
+        UPDATE users SET disabled_at = CASE WHEN $2 THEN now() END, updated_at = now() WHERE id = $1
+        RETURNING {COLUMNS}
+        """,
         user_id,
         disabled,
     )
+    return _user(row)
 
 
 async def delete(conn: asyncpg.Connection, user_id: int) -> bool:
