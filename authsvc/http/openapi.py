@@ -107,7 +107,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/metrics"): Operation(
         "Prometheus metrics of every worker", "service", {"type": "string"},
         media=("text/plain", "application/openmetrics-text"),
-        auth=None, database=False, errors=(404,),
+        auth=None, database=False, errors=(404, 503),
         description="The Prometheus text format (OpenMetrics when asked for). Only direct peers in "
         "AUTHSVC_METRICS_NETWORKS get it; others get 404, as for a path that does not exist.",
     ),
@@ -246,7 +246,8 @@ RESPONSES: dict[str, dict[str, Any]] = {
         "headers": {"Retry-After": "Seconds to wait."},
     },
     "Unavailable": {
-        "description": "unavailable (the database) or busy (password hashing is saturated).",
+        "description": "unavailable (the database) or busy (password hashing is saturated; on /metrics, a"
+        " worker that is starting).",
         "headers": {"Retry-After": "Seconds to wait."},
     },
 }
@@ -283,6 +284,7 @@ def _error_statuses(op: Operation) -> dict[int, str]:
         409: "Conflict",
         422: "ValidationFailedOrPasswordRefused",  # a new password: the policy's refusals too
         429: "TooManyAttempts",
+        503: "Unavailable",
     }
     for status in op.errors:
         if status != 400:  # a 400 of its own is written out in _operation

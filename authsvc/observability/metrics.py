@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import struct
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -24,6 +26,8 @@ from authsvc.settings import IPNetwork
 from authsvc.settings.networks import in_networks, parse_ip
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+READ_ATTEMPTS = 5
+READ_RETRY_SECONDS = 0.01
 # How often the loop lag, the pool and the bcrypt queue are sampled.
 SAMPLE_EVERY = 1.0
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -147,9 +151,22 @@ class Metrics:
 
     def exposition(self, accept: str) -> tuple[bytes, str]:
         """Body and content type for this Accept header (Prometheus text, or OpenMetrics if
-        asked); reads the workers' files in multiprocess mode, so run it off the loop."""
+        asked); reads the workers' files in multiprocess mode, so run it off the loop.
+
+        A worker that is starting creates its files empty and sizes them a moment later;
+        read in between, one fails to unpack (struct.error). Such a read is tried again a few
+        times, then MetricsUnreadable (the view answers 503), never a 500."""
         encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return encoder(self.registry), content_type
+            except struct.error:
+                time.sleep(READ_RETRY_SECONDS * (attempt + 1))
+        raise MetricsUnreadable()
+
+
+class MetricsUnreadable(Exception):
+    """A worker's metrics file stayed unreadable (half-created) for every attempt."""
 
 
 def allowed(peer: str | None, networks: tuple[IPNetwork, ...]) -> bool:

@@ -16,11 +16,14 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from helpers import PASSWORD, assert_error, bearer, login, signup
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from servers import quick_settings, serving
 
 from authsvc import settings as config
 from authsvc.appkeys import HASHER, POOL
+from authsvc.appkeys import METRICS as METRICS_KEY
 from authsvc.auth.passwords import CHECK
 from authsvc.observability import metrics
 from authsvc.settings import PRIVATE_NETWORKS, ConfigError
@@ -227,7 +230,8 @@ async def test_workers_show_one_sum_whichever_answers(databases, tmp_path):
         # Ready means one worker answers; wait until both have opened their pools.
         for _ in range(300):
             async with http.get(served.base + "/metrics") as resp:
-                if value(parse(await resp.text()), "authsvc_db_pool_max_connections") == 2 * 3:
+                # (503 while a worker that is starting has its file half made)
+                if resp.status == 200 and value(parse(await resp.text()), "authsvc_db_pool_max_connections") == 2 * 3:
                     break
             await asyncio.sleep(0.05)
         else:
@@ -267,3 +271,30 @@ async def test_workers_show_one_sum_whichever_answers(databases, tmp_path):
     assert all({"timestamp", "level", "logger", "message"} <= p.keys() for p in parsed)
     assert PASSWORD not in served.output and token not in served.output
     assert settings["AUTHSVC_PASSWORD_PEPPER"] not in served.output
+
+
+def _registry_over(directory: Path) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return registry
+
+
+async def test_a_half_created_worker_file_is_read_again_not_a_500(client, tmp_path, monkeypatch):
+    """A worker that is starting creates its file empty and sizes it a moment later."""
+    half = tmp_path / "counter_4242.db"
+    half.write_bytes(b"")
+    collected = client.app[METRICS_KEY]
+    collected.registry = _registry_over(tmp_path)
+    # While the file stays empty: 503 busy with Retry-After, the scrape's answer to try again.
+    resp = await client.get("/metrics")
+    body = await resp.json()
+    assert resp.status == 503 and body["error"] == "busy", body
+    assert int(resp.headers["Retry-After"]) >= 1
+
+    # Once the worker has sized it (here: during the first wait), the same scrape succeeds.
+    def sized(seconds: float) -> None:
+        half.unlink()
+
+    monkeypatch.setattr(metrics.time, "sleep", sized)
+    resp = await client.get("/metrics")
+    assert resp.status == 200, await resp.text()

@@ -5,8 +5,9 @@ import asyncio
 from aiohttp import web
 
 from authsvc.appkeys import METRICS, SETTINGS
+from authsvc.errors import Busy
 from authsvc.http.middlewares import public
-from authsvc.observability.metrics import allowed
+from authsvc.observability.metrics import MetricsUnreadable, allowed
 
 routes = web.RouteTableDef()
 
@@ -20,5 +21,8 @@ async def metrics(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()  # the same answer as for a route that does not exist
     collected = request.app[METRICS]
     collected.sample(request.app)  # this worker's gauges as of now
-    body, content_type = await asyncio.to_thread(collected.exposition, request.headers.get("Accept", ""))
+    try:
+        body, content_type = await asyncio.to_thread(collected.exposition, request.headers.get("Accept", ""))
+    except MetricsUnreadable:
+        raise Busy() from None  # a worker is starting: the next scrape reads it
     return web.Response(body=body, headers={"Content-Type": content_type})
