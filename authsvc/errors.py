@@ -131,6 +131,11 @@ class EmailTaken(Conflict):
     message = "An account with this email already exists."
 
 
+class ApiKeyLimit(Conflict):
+    code = "too_many_api_keys"
+    message = "This account has as many API keys as it may; delete one first."
+
+
 class WrongCurrentPassword(ApiError):
     status = 403
     code = "invalid_current_password"
