@@ -13,6 +13,7 @@ from aiohttp import web
 from authsvc import background
 from authsvc.appkeys import (
     ACCOUNTS,
+    API_KEYS,
     CLIENTS,
     CLOCK,
     CREDENTIALS,
@@ -30,6 +31,7 @@ from authsvc.appkeys import (
 )
 from authsvc.auth import throttle
 from authsvc.auth.accounts import Accounts
+from authsvc.auth.api_keys import LAST_USED_FLUSH_EVERY, ApiKeys
 from authsvc.auth.clients import Clients
 from authsvc.auth.credentials import Credentials
 from authsvc.auth.keyring import RELOAD_EVERY, KeyRing
@@ -42,6 +44,7 @@ from authsvc.http.breached import open_policy
 from authsvc.http.middlewares import bearer_auth, errors_to_json, security_headers
 from authsvc.http.observe import echo_request_id, observe
 from authsvc.http.openapi import document_bytes
+from authsvc.http.views import api_keys as api_keys_views
 from authsvc.http.views import (
     auth,
     health,
@@ -115,6 +118,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         database, hasher, app[PASSWORD_POLICY], app[SIGNUPS], credentials, default_role=s.default_role
     )
     app[CLIENTS] = Clients(database)
+    api_keys = ApiKeys(database, app[SCOPES])
+    app[API_KEYS] = api_keys
 
     async def reload_keys() -> None:
         if await tokens.keys.reload_if_changed():
@@ -123,8 +128,14 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     async with background.running(
         background.every(RELOAD_EVERY, reload_keys, "reloading the signing keys"),
         background.every(SESSION_PRUNE_EVERY, sessions.prune, "pruning ended sessions"),
+        background.every(LAST_USED_FLUSH_EVERY, api_keys.flush, "recording when API keys were used"),
     ):
         yield
+    # The uses since the last round: lost if the database is away now, which is only a date.
+    try:
+        await api_keys.flush()
+    except Exception:
+        log.warning("could not record when API keys were last used", exc_info=True)
 
 
 def _setup_cors(app: web.Application, origins: tuple[str, ...]) -> None:
@@ -190,7 +201,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] | None = None) 
     app.cleanup_ctx.append(throttle_ctx)
     app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(metrics_ctx)
-    for module in (health, wellknown, openapi, auth, oauth, users, todos, metrics):
+    for module in (health, wellknown, openapi, auth, oauth, users, api_keys_views, todos, metrics):
         app.add_routes(module.routes)
     app[OPENAPI] = document_bytes(app, settings)
     _setup_cors(app, settings.cors_origins)

@@ -50,8 +50,15 @@ def load(schema: Schema, data: Any) -> dict[str, Any]:
 
 
 def _messages(exc: ValidationError) -> dict[str, Any]:
-    messages = exc.normalized_messages()
+    messages = _string_keys(exc.normalized_messages())
     return messages if isinstance(messages, dict) else {"_schema": messages}
+
+
+def _string_keys(messages: Any) -> Any:
+    # A list field names its items by index ({"scopes": {0: [...]}}): JSON keys are strings.
+    if isinstance(messages, dict):
+        return {str(key): _string_keys(value) for key, value in messages.items()}
+    return messages
 
 
 async def read_json(request: web.Request, schema: Schema) -> dict[str, Any]:
