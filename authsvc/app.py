@@ -131,9 +131,11 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         background.every(LAST_USED_FLUSH_EVERY, api_keys.flush, "recording when API keys were used"),
     ):
         yield
-    # The uses since the last round: lost if the database is away now, which is only a date.
+    # The uses since the last round: lost if the database is away now, which costs only a date.
     try:
         await api_keys.flush()
+    except pool.UNAVAILABLE_ERRORS:
+        log.info("database unavailable at shutdown: the latest uses of API keys are not recorded")
     except Exception:
         log.warning("could not record when API keys were last used", exc_info=True)
 

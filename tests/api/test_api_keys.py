@@ -269,3 +269,13 @@ async def test_an_admins_key_with_scope_admin_may_act_as_admin(client, owner, db
     resp = await client.delete(f"/admin/users/{user['id']}/api-keys/{mine['id']}", headers=bearer(admin_key["key"]))
     assert resp.status == 204
     assert await db.fetchval("SELECT actor FROM auth_events WHERE outcome = 'admin'") == f"api_key:{admin_key['id']}"
+
+
+async def test_the_last_uses_are_written_at_shutdown(client, make_client, owner, db):
+    _, auth = owner
+    made = await make_key(client, auth)
+    other = await make_client()
+    assert (await other.get("/users/me", headers=bearer(made["key"]))).status == 200
+    assert await db.fetchval("SELECT last_used_at FROM api_keys") is None
+    await other.close()
+    assert await db.fetchval("SELECT last_used_at FROM api_keys") is not None
