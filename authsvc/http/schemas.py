@@ -46,6 +46,17 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class WholeNumber(fields.Integer):
+    """A JSON integer: 5 or 5.0 (JSON Schema counts both), never true, "5" or 5.5."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class Email(Text):
     """An address as it is stored: normalised (authsvc/emails.py); invisible, format and control
     characters are refused, and so is what email-validator refuses."""
@@ -122,8 +133,7 @@ class ApiKeyCreateSchema(Base):
         validate=validate.Length(1, 50),
         metadata={"description": "Some of the scopes the owner's roles grant (else 400 invalid_scope)."},
     )
-    expires_in = fields.Integer(
-        strict=True,
+    expires_in = WholeNumber(
         validate=validate.Range(60, API_KEY_MAX_LIFETIME),
         metadata={"description": "Seconds until the key stops working; without it, it works until deleted."},
     )

@@ -279,3 +279,16 @@ async def test_the_last_uses_are_written_at_shutdown(client, make_client, owner,
     assert await db.fetchval("SELECT last_used_at FROM api_keys") is None
     await other.close()
     assert await db.fetchval("SELECT last_used_at FROM api_keys") is not None
+
+
+@pytest.mark.parametrize(("expires_in", "status"), [(True, 422), ("3600", 422), (59, 422), (3600.5, 422), (3600.0, 201)])
+async def test_expires_in_is_a_whole_number_of_seconds(client, owner, expires_in, status):
+    _, auth = owner
+    body = {"name": "x", "scopes": ["todos"], "expires_in": expires_in}
+    resp = await client.post("/users/me/api-keys", json=body, headers=auth)
+    assert resp.status == status, await resp.text()
+    if status == 201:
+        made = await resp.json()
+        assert made["expires_at"] is not None
+    else:
+        assert "expires_in" in (await resp.json())["details"]

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import requests
 import schemathesis
@@ -29,7 +30,7 @@ from schemathesis.specs.openapi import checks
 
 from authsvc.app import create_app
 from authsvc.appkeys import POOL
-from authsvc.http.openapi import OPERATIONS, TODO_PATH
+from authsvc.http.openapi import API_KEY_PATH, OPERATIONS, TODO_PATH
 from authsvc.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -295,7 +296,18 @@ def test_refusals_match_the_document(strict_server: LiveServer) -> None:
     assert {status for statuses in seen.values() for status in statuses} == every_error
 
 
-def test_successes_match_the_document(live_url: str) -> None:
+def _make_admin(database_url: str, email: str) -> None:
+    async def promote() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("UPDATE users SET roles = '{admin}' WHERE email = $1", email)
+        finally:
+            await conn.close()
+
+    asyncio.run(promote())
+
+
+def test_successes_match_the_document(live_url: str, settings: Settings) -> None:
     """Every operation's success answer, brought about on purpose and checked against the
     document: random data rarely logs in, refreshes or finds an existing todo."""
     config = SchemathesisConfig.from_path(ROOT / "schemathesis.toml")
@@ -343,6 +355,21 @@ def test_successes_match_the_document(live_url: str) -> None:
     conforms("PUT", TODO_PATH, http.put(one, json={"text": "again", "completed": True}, headers=auth))
     conforms("PATCH", TODO_PATH, http.patch(one, json={"completed": False}, headers=auth))
     conforms("DELETE", TODO_PATH, http.delete(one, headers=auth))
+    keys = f"{url}/users/me/api-keys"
+    made = conforms("POST", "/users/me/api-keys", http.post(keys, json={"name": "fuzz", "scopes": ["todos"]}, headers=auth))
+    key = made.json()
+    answer = conforms("POST", "/auth/introspect", http.post(f"{url}/auth/introspect", data={"token": key["key"]}, headers=basic))
+    assert answer.json()["token_type"] == "api_key"
+    assert conforms("GET", "/users/me/api-keys", http.get(keys, headers=auth)).json()[0]["id"] == key["id"]
+    conforms("DELETE", API_KEY_PATH, http.delete(f"{keys}/{key['id']}", headers=auth))
+    _make_admin(settings.database_url, "second@example.com")
+    admin_login = http.post(f"{url}/auth", json={"email": "second@example.com", "password": PASSWORD}).json()
+    admin = {"Authorization": f"Bearer {admin_login['access_token']}"}
+    me = http.get(f"{url}/users/me", headers=auth).json()
+    key = http.post(keys, json={"name": "fuzz", "scopes": ["todos"], "expires_in": 3600}, headers=auth).json()
+    conforms("GET", "/admin/users/{id}/api-keys", http.get(f"{url}/admin/users/{me['id']}/api-keys", headers=admin))
+    gone = http.delete(f"{url}/admin/users/{me['id']}/api-keys/{key['id']}", headers=admin)
+    conforms("DELETE", "/admin/users/{id}/api-keys/{key_id}", gone)
     change = {"current_password": PASSWORD, "new_password": PASSWORD + " and more"}
     conforms("POST", "/users/me/password", http.post(f"{url}/users/me/password", json=change, headers=auth))
     conforms("POST", "/auth/logout", http.post(f"{url}/auth/logout?scope=all", headers=auth))
