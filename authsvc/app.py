@@ -13,6 +13,7 @@ from aiohttp import web
 from authsvc import background
 from authsvc.appkeys import (
     ACCOUNTS,
+    API_KEYS,
     CLIENTS,
     CLOCK,
     CREDENTIALS,
@@ -32,6 +33,7 @@ from authsvc.appkeys import (
 from authsvc.auth import throttle
 from authsvc.auth.accounts import Accounts
 from authsvc.auth.admin_users import UserAdmin
+from authsvc.auth.api_keys import LAST_USED_FLUSH_EVERY, ApiKeys
 from authsvc.auth.clients import Clients
 from authsvc.auth.credentials import Credentials
 from authsvc.auth.keyring import RELOAD_EVERY, KeyRing
@@ -55,6 +57,7 @@ from authsvc.http.views import (
     users,
     wellknown,
 )
+from authsvc.http.views import api_keys as api_keys_views
 from authsvc.observability.logs import quiet_malformed_requests
 from authsvc.observability.metrics import Metrics, metrics_ctx
 from authsvc.settings import Settings
@@ -119,6 +122,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[CLIENTS] = Clients(database)
     app[USER_ADMIN] = UserAdmin(database, app[SCOPES])
+    api_keys = ApiKeys(database, app[SCOPES])
+    app[API_KEYS] = api_keys
 
     async def reload_keys() -> None:
         if await tokens.keys.reload_if_changed():
@@ -127,8 +132,16 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     async with background.running(
         background.every(RELOAD_EVERY, reload_keys, "reloading the signing keys"),
         background.every(SESSION_PRUNE_EVERY, sessions.prune, "pruning ended sessions"),
+        background.every(LAST_USED_FLUSH_EVERY, api_keys.flush, "recording when API keys were used"),
     ):
         yield
+    # The uses since the last round: lost if the database is away now, which costs only a date.
+    try:
+        await api_keys.flush()
+    except pool.UNAVAILABLE_ERRORS:
+        log.info("database unavailable at shutdown: the latest uses of API keys are not recorded")
+    except Exception:
+        log.warning("could not record when API keys were last used", exc_info=True)
 
 
 def _setup_cors(app: web.Application, origins: tuple[str, ...]) -> None:
@@ -194,7 +207,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] | None = None) 
     app.cleanup_ctx.append(throttle_ctx)
     app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(metrics_ctx)
-    for module in (health, wellknown, openapi, auth, oauth, users, todos, admin_users, metrics):
+    for module in (health, wellknown, openapi, auth, oauth, users, api_keys_views, todos, admin_users, metrics):
         app.add_routes(module.routes)
     app[OPENAPI] = document_bytes(app, settings)
     _setup_cors(app, settings.cors_origins)

@@ -25,6 +25,7 @@ SESSIONS = web.AppKey("sessions", "Sessions")
 CREDENTIALS = web.AppKey("credentials", "Credentials")
 ACCOUNTS = web.AppKey("accounts", "Accounts")
 CLIENTS = web.AppKey("clients", "Clients")
+API_KEYS = web.AppKey("api_keys", "ApiKeys")
 SCOPES = web.AppKey("scopes", "ScopeModel")
 USER_ADMIN = web.AppKey("user_admin", "UserAdmin")
 OPENAPI = web.AppKey("openapi", bytes)  # the document, as served
@@ -33,7 +34,7 @@ OPENAPI = web.AppKey("openapi", bytes)  # the document, as served
 # checks the session itself (middlewares.checks_session), what that statement is to check.
 CURRENT_USER = web.RequestKey("current_user", "User")
 CURRENT_SESSION = web.RequestKey("current_session", uuid.UUID)
-LIVE_SESSION = web.RequestKey("live_session", "LiveSession")
+LIVE_SESSION = web.RequestKey("live_session", "LiveSession | LiveKey")
 # Set by the bearer middleware on every protected route: who is asking and what it may do.
 PRINCIPAL = web.RequestKey("principal", "Principal")
 # Set by the observe middleware on every request.

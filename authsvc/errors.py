@@ -149,6 +149,11 @@ class UnknownRole(ApiError):
     message = "No such role."
 
 
+class ApiKeyLimit(Conflict):
+    code = "too_many_api_keys"
+    message = "This account has as many API keys as it may; delete one first."
+
+
 class WrongCurrentPassword(ApiError):
     status = 403
     code = "invalid_current_password"

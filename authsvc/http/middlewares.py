@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from authsvc.appkeys import (
+    API_KEYS,
     CLIENTS,
     CURRENT_SESSION,
     CURRENT_USER,
@@ -16,10 +17,11 @@ from authsvc.appkeys import (
     PRINCIPAL,
     SESSIONS,
 )
+from authsvc.auth.api_keys import looks_like_api_key
 from authsvc.auth.principal import API_KEY, CLIENT, USER, Principal
 from authsvc.auth.tokens import AccessClaims
 from authsvc.db.pool import CONTENTION_ERRORS, UNAVAILABLE_ERRORS, Contended
-from authsvc.db.repo.sessions import SessionNotLive
+from authsvc.db.repo.sessions import LiveKey, SessionNotLive
 from authsvc.errors import (
     ApiError,
     ClientGone,
@@ -167,6 +169,8 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     sessions = request.app[SESSIONS]
     token = bearer_token(request)
     needs = needs_of(request.match_info.handler)
+    if looks_like_api_key(token):
+        return await _as_api_key(request, handler, token, needs)
     claims = sessions.claims_of(token)
     if claims.kind == CLIENT:
         return await _as_client(request, handler, claims, needs)
@@ -212,6 +216,28 @@ async def _as_client(
     _allowed(CLIENT, scopes, needs)
     request[PRINCIPAL] = Principal(CLIENT, scopes, client_id=claims.client_id)
     return await handler(request)
+
+
+async def _as_api_key(
+    request: web.Request, handler: Handler, key: str, needs: tuple[tuple[str, ...], tuple[str, ...]]
+) -> web.StreamResponse:
+    """A person's API key: it acts for its owner with its scopes (within the owner's roles')."""
+    principal = await request.app[API_KEYS].resolve(key)
+    if principal is None:  # unknown, expired, deleted, or its owner disabled or gone
+        raise InvalidToken("The API key is invalid or has expired.")
+    _allowed(API_KEY, principal.scopes, needs)
+    assert principal.user is not None and principal.user_id is not None and principal.api_key_id is not None
+    request[PRINCIPAL] = principal
+    request[CURRENT_USER] = principal.user
+    note_user(principal.user_id)
+    if not getattr(request.match_info.handler, "authsvc_checks_session", False):
+        return await handler(request)
+    # The route's statement checks the key again with its work (deleted since the resolve: 401).
+    request[LIVE_SESSION] = LiveKey(principal.api_key_id, principal.user_id)
+    try:
+        return await handler(request)
+    except SessionNotLive:
+        raise InvalidToken("The API key is invalid or has expired.") from None
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -28,6 +28,9 @@ from authsvc.http.schemas import (
     MAX_OFFSET,
     AdminUserListQuery,
     AdminUserSchema,
+    ApiKeyCreatedSchema,
+    ApiKeyCreateSchema,
+    ApiKeySchema,
     Email,
     ErrorSchema,
     IntrospectionSchema,
@@ -87,6 +90,7 @@ class Operation:
 
 TODO_PATH = "/todos/{id}"
 ADMIN_USER_PATH = "/admin/users/{id}"
+API_KEY_PATH = "/users/me/api-keys/{key_id}"
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
     # --- service ---
@@ -152,6 +156,28 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/users/me/password"): Operation(
         "Change the password; other sessions end", "users", ok=204, json=PasswordChangeSchema, errors=(403, 422, 429),
     ),
+    # --- api keys ---
+    ("POST", "/users/me/api-keys"): Operation(
+        "Make an API key: shown in this answer only", "api keys", ApiKeyCreatedSchema, ok=201,
+        json=ApiKeyCreateSchema, errors=(409,), ok_headers=("Location",),
+        description="Needs a login session (an API key cannot make keys) with scope profile. The key "
+        "goes as `Authorization: Bearer ak_...` and acts with its scopes, within those its owner's roles "
+        "grant at the time. 400 invalid_scope for a scope that is unknown or beyond the login's; 409 "
+        "too_many_api_keys past the limit per account.",
+    ),
+    ("GET", "/users/me/api-keys"): Operation(
+        "The current user's API keys (never the keys themselves)", "api keys",
+        {"type": "array", "items": ApiKeySchema},
+    ),
+    ("DELETE", API_KEY_PATH): Operation(
+        "Delete an API key: it stops working at once", "api keys", ok=204, errors=(404,)
+    ),
+    ("GET", "/admin/users/{id}/api-keys"): Operation(
+        "A user's API keys (scope admin)", "admin", {"type": "array", "items": ApiKeySchema}, errors=(404,)
+    ),
+    ("DELETE", "/admin/users/{id}/api-keys/{key_id}"): Operation(
+        "Delete a user's API key (scope admin); recorded in auth_events", "admin", ok=204, errors=(404,)
+    ),
     # --- todos ---
     ("GET", "/todos"): Operation(
         "The current user's todos, oldest first", "todos", {"type": "array", "items": TodoSchema},
@@ -203,7 +229,7 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "BadRequest": {
         "description": "invalid_json or invalid_body: the body could not be read; "
         "invalid_request: an access token in the URL (protected routes); "
-        "invalid_scope: a scope asked for that is unknown or not granted (POST /auth).",
+        "invalid_scope: a scope asked for that is unknown or not granted (POST /auth, POST /users/me/api-keys).",
     },
     "OAuthBadRequest": {
         "description": "RFC 6749 5.2: invalid_request, invalid_grant, invalid_scope or unsupported_grant_type.",
@@ -229,7 +255,7 @@ RESPONSES: dict[str, dict[str, Any]] = {
     },
     "NotFound": {"description": "not_found."},
     "RequestTimeout": {"description": "request_timeout: the body did not arrive in time; the connection closes."},
-    "Conflict": {"description": "email_taken; or own_account: an admin acting on their own account."},
+    "Conflict": {"description": "email_taken; too_many_api_keys; or own_account: an admin acting on their own account."},
     "PayloadTooLarge": {"description": "payload_too_large: the body is over AUTHSVC_MAX_BODY_BYTES."},
     "UnsupportedMediaType": {"description": "unsupported_media_type: send UTF-8 application/json."},
     "ValidationFailed": {
@@ -327,9 +353,17 @@ def _operation(method: str, path: str, op: Operation) -> dict[str, Any]:
             "in": "path",
             "name": "id",
             "required": True,
-            "description": "Any other value names nothing: 404.",
+            "description": f"Any other value names no {'todo' if path.startswith('/todos') else 'user'}: 404.",
             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
             "example": 1,
+        })
+    if "{key_id}" in path:
+        parameters.append({
+            "in": "path",
+            "name": "key_id",
+            "required": True,
+            "description": "An API key's id; any other value, or another user's key, is 404.",
+            "schema": {"type": "string", "format": "uuid"},
         })
     if op.query is not None:
         parameters.append({"in": "query", "schema": op.query})

@@ -46,6 +46,17 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class WholeNumber(fields.Integer):
+    """A JSON integer: 5 or 5.0 (JSON Schema counts both), never true, "5" or 5.5."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class Email(Text):
     """An address as it is stored: normalised (authsvc/emails.py); invisible, format and control
     characters are refused, and so is what email-validator refuses."""
@@ -104,6 +115,56 @@ class UserSchema(Schema):
     last_name = fields.String(required=True, allow_none=True)
     created_at = fields.AwareDateTime(required=True)
     updated_at = fields.AwareDateTime(required=True)
+
+
+# --- api keys ---
+
+
+# RFC 6749 3.3 scope-token characters; which names exist is the deployment's (400 invalid_scope).
+SCOPE_NAME = r"^[\x21\x23-\x5B\x5D-\x7E]{1,64}$"
+API_KEY_MAX_LIFETIME = 10 * 365 * 86400  # seconds; no expires_in: the key lasts until deleted
+
+
+class ApiKeyCreateSchema(Base):
+    name = Text(required=True, validate=validate.Length(1, 100))
+    scopes = fields.List(
+        fields.String(validate=validate.Regexp(SCOPE_NAME)),
+        required=True,
+        validate=validate.Length(1, 50),
+        metadata={"description": "Some of the scopes the owner's roles grant (else 400 invalid_scope)."},
+    )
+    expires_in = WholeNumber(
+        validate=validate.Range(60, API_KEY_MAX_LIFETIME),
+        metadata={"description": "Seconds until the key stops working; without it, it works until deleted."},
+    )
+
+
+class ApiKeySchema(Schema):
+    id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    prefix = fields.String(required=True, metadata={"description": "The start of the key, to tell keys apart."})
+    scopes = fields.List(fields.String(), required=True)
+    created_at = fields.AwareDateTime(required=True)
+    expires_at = fields.AwareDateTime(required=True, allow_none=True)
+    last_used_at = fields.AwareDateTime(
+        required=True, allow_none=True, metadata={"description": "Recorded within a minute or so of the use."}
+    )
+
+
+class ApiKeyCreatedSchema(ApiKeySchema):
+    key = fields.String(required=True, metadata={"description": "The key itself: shown this once, never again."})
+
+
+def api_key_json(key: Any) -> dict[str, Any]:
+    return {
+        "id": str(key.id),
+        "name": key.name,
+        "prefix": key.prefix,
+        "scopes": list(key.scopes),
+        "created_at": key.created_at.isoformat(),
+        "expires_at": key.expires_at.isoformat() if key.expires_at is not None else None,
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at is not None else None,
+    }
 
 
 # --- login ---
@@ -195,7 +256,7 @@ class IntrospectionSchema(Schema):
         unknown = INCLUDE
 
     active = fields.Boolean(required=True)
-    token_type = fields.String(validate=validate.OneOf(["access_token", "refresh_token"]))
+    token_type = fields.String(validate=validate.OneOf(["access_token", "refresh_token", "api_key"]))
     sub = fields.String()
     sid = fields.String()
     exp = fields.Integer()
@@ -203,6 +264,8 @@ class IntrospectionSchema(Schema):
     iss = fields.String()
     aud = fields.String()
     jti = fields.String()
+    scope = fields.String()
+    key_id = fields.String(metadata={"description": "An API key's id (token_type api_key)."})
 
 
 # --- todos ---

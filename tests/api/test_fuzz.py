@@ -30,7 +30,7 @@ from schemathesis.specs.openapi import checks
 
 from authsvc.app import create_app
 from authsvc.appkeys import POOL
-from authsvc.http.openapi import ADMIN_USER_PATH, OPERATIONS, TODO_PATH
+from authsvc.http.openapi import ADMIN_USER_PATH, API_KEY_PATH, OPERATIONS, TODO_PATH
 from authsvc.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -366,6 +366,19 @@ def test_successes_match_the_document(live_url: str, settings: Settings) -> None
     conforms("PUT", TODO_PATH, http.put(one, json={"text": "again", "completed": True}, headers=auth))
     conforms("PATCH", TODO_PATH, http.patch(one, json={"completed": False}, headers=auth))
     conforms("DELETE", TODO_PATH, http.delete(one, headers=auth))
+    keys = f"{url}/users/me/api-keys"
+    made = conforms("POST", "/users/me/api-keys", http.post(keys, json={"name": "fuzz", "scopes": ["todos"]}, headers=auth))
+    key = made.json()
+    answer = conforms("POST", "/auth/introspect", http.post(f"{url}/auth/introspect", data={"token": key["key"]}, headers=basic))
+    assert answer.json()["token_type"] == "api_key"
+    assert conforms("GET", "/users/me/api-keys", http.get(keys, headers=auth)).json()[0]["id"] == key["id"]
+    conforms("DELETE", API_KEY_PATH, http.delete(f"{keys}/{key['id']}", headers=auth))
+    admin = auth  # the fuzz account is an admin (Account)
+    me = http.get(f"{url}/users/me", headers=auth).json()
+    key = http.post(keys, json={"name": "fuzz", "scopes": ["todos"], "expires_in": 3600}, headers=auth).json()
+    conforms("GET", "/admin/users/{id}/api-keys", http.get(f"{url}/admin/users/{me['id']}/api-keys", headers=admin))
+    gone = http.delete(f"{url}/admin/users/{me['id']}/api-keys/{key['id']}", headers=admin)
+    conforms("DELETE", "/admin/users/{id}/api-keys/{key_id}", gone)
     # The admin routes, on the second user.
     second = http.get(f"{url}/admin/users?email_prefix=second@", headers=auth).json()[0]
     pages = conforms("GET", "/admin/users", http.get(f"{url}/admin/users?limit=1", headers=auth))

@@ -79,3 +79,23 @@ async def test_round_trips_per_request(counted, hop, method, path, body, per_req
     trips = await _trips(hop, send)
     assert len(trips) == REQUESTS * per_request, "\n".join(" | ".join(" ".join(s.split()) for s in t) for t in trips)
     assert not [t for t in trips if any("pg_advisory_unlock_all" in s for s in t)], "a reset query on release"
+
+
+# An API key is resolved (key and owner in one statement), then a todo route's statement
+# checks it again with its work: two round trips; and no write of its last use per request.
+KEY_ROUTES = [("GET", "/users/me", 1), ("GET", "/todos", 2), ("POST", "/todos", 2)]
+
+
+@pytest.mark.parametrize(("method", "path", "per_request"), KEY_ROUTES, ids=[f"{m} {p}" for m, p, _ in KEY_ROUTES])
+async def test_round_trips_per_api_key_request(counted, hop, method, path, per_request):
+    await signup(counted, "trips@example.com")
+    session = bearer(await login(counted, "trips@example.com"))
+    made = await counted.post("/users/me/api-keys", json={"name": "n", "scopes": ["profile", "todos"]}, headers=session)
+    headers = bearer((await made.json())["key"])
+
+    async def send() -> Any:
+        return await counted.request(method, path, json={"text": "t"} if method == "POST" else None, headers=headers)
+
+    trips = await _trips(hop, send)
+    assert len(trips) == REQUESTS * per_request, "\n".join(" | ".join(" ".join(s.split()) for s in t) for t in trips)
+    assert not [t for t in trips if any("UPDATE api_keys" in s for s in t)]

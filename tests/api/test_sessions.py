@@ -352,6 +352,7 @@ async def test_logout_ends_only_the_current_session(client, user, db):
 
 # Every protected route, some with input it would refuse: an ended session is a 401 first,
 # whether the route checks the session in its own statement (one round trip) or before it.
+SOME_KEY = "0b6f3f5e-8d1c-4f5e-9a57-3c1d2e4f5a6b"
 AFTER_LOGOUT = [
     ("GET", "/users/me", None),
     ("PATCH", "/users/me", {"first_name": "X"}),
@@ -374,6 +375,11 @@ AFTER_LOGOUT = [
     ("POST", "/admin/users/{id}/enable", None),
     ("DELETE", "/admin/users/{id}", None),
     ("PUT", "/admin/users/{id}/roles", {"roles": ["user"]}),
+    ("POST", "/users/me/api-keys", {"name": "x", "scopes": ["todos"]}),
+    ("GET", "/users/me/api-keys", None),
+    ("DELETE", f"/users/me/api-keys/{SOME_KEY}", None),
+    ("GET", "/admin/users/{id}/api-keys", None),  # a scope the token lacks: still 401 first
+    ("DELETE", f"/admin/users/{{id}}/api-keys/{SOME_KEY}", None),
 ]
 
 
@@ -389,6 +395,7 @@ async def test_an_ended_session_is_refused_on_every_protected_route(client, user
     await assert_error(resp, 401, "invalid_token")
     assert await db.fetchval("SELECT text FROM todos WHERE id = $1", todo_id) == "kept"
     assert await db.fetchval("SELECT count(*) FROM users") == 1
+    assert await db.fetchval("SELECT count(*) FROM api_keys") == 0
 
 
 async def test_logout_scope_all_ends_every_session(client, user, db):
@@ -673,7 +680,10 @@ async def test_token_endpoint_refresh_as_json_is_invalid_request(client, user, d
 
 
 def test_every_protected_route_is_in_the_ended_session_test(app):
-    listed = {(m, p.split("?")[0].replace("not-an-id", "{id}").replace("999999", "{id}")) for m, p, _ in AFTER_LOGOUT}
+    listed = {
+        (m, p.split("?")[0].replace("not-an-id", "{id}").replace("999999", "{id}").replace(SOME_KEY, "{key_id}"))
+        for m, p, _ in AFTER_LOGOUT
+    }
     protected = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()

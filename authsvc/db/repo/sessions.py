@@ -117,6 +117,27 @@ class LiveSession:
     def params(self) -> tuple[uuid.UUID, int, timedelta]:
         return self.session_id, self.user_id, self.idle
 
+    @property
+    def cte(self) -> str:
+        return LIVE_USER
+
+
+@dataclass(frozen=True)
+class LiveKey:
+    """What an API key's request is to check in a route's statement (LiveSession's place):
+    the key still usable, $2 its owner as in LIVE_USER, so the statements after `me` are the same."""
+
+    key_id: uuid.UUID
+    user_id: int
+
+    @property
+    def params(self) -> tuple[uuid.UUID, int, None]:
+        return self.key_id, self.user_id, None
+
+    @property
+    def cte(self) -> str:
+        return LIVE_KEY_USER
+
 
 # The user of a live session: the check behind every authenticated request, on its own or as
 # the first part of a route's statement (one round trip). A disabled user has no live session,
@@ -127,6 +148,18 @@ LIVE_USER = f"""
          WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND u.disabled_at IS NULL
            AND s.expires_at > now() AND s.last_used_at > now() - $3::interval
 """
+
+
+# The owner of a usable API key (api_keys.USABLE), with LIVE_USER's columns and parameters; $3
+# is unused (NULL), there only so that the statements' own parameters start at $4 either way.
+LIVE_KEY_USER = f"""
+        SELECT {", ".join("u." + c.strip() for c in USER_COLUMNS.split(","))}
+          FROM api_keys k JOIN users u ON u.id = k.user_id
+         WHERE k.id = $1 AND k.user_id = $2 AND u.disabled_at IS NULL
+           AND (k.expires_at IS NULL OR k.expires_at > now()) AND $3::interval IS NULL
+"""
+
+Live = LiveSession | LiveKey
 
 
 async def select_session_user(conn: asyncpg.Connection, live: LiveSession) -> User | None:

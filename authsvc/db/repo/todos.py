@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import asyncpg
 
-from authsvc.db.repo.sessions import LIVE_USER, LiveSession, SessionNotLive
+from authsvc.db.repo.sessions import LIVE_KEY_USER, LIVE_USER, Live, SessionNotLive
 
 # What a client is shown of a todo, in the order of its answer (http/schemas.py TodoSchema).
 SHOWN = "id, text, completed, created_at, updated_at"
 
 
 # Every statement here checks the session with its work (LIVE_USER as the CTE `me`, $1-$3 the
-# LiveSession's params) and raises SessionNotLive when it is not live: one round trip a request.
+# LiveSession's params; for an API key's request LIVE_KEY_USER and LiveKey's: `live.cte`) and raises SessionNotLive when it is not live: one round trip a request.
 # Each is scoped by the session's user: another user's todo is simply not found.
 
 
@@ -21,10 +21,10 @@ def _one_of(row: asyncpg.Record | None) -> asyncpg.Record | None:
     return None if row["id"] is None else row
 
 
-async def insert(conn: asyncpg.Connection, live: LiveSession, text: str, completed: bool) -> asyncpg.Record:
+async def insert(conn: asyncpg.Connection, live: Live, text: str, completed: bool) -> asyncpg.Record:
     row = await conn.fetchrow(
         f"""
-        WITH me AS ({LIVE_USER})
+        WITH me AS ({live.cte})
         INSERT INTO todos (owner_id, text, completed) SELECT me.id, $4, $5 FROM me
         RETURNING {SHOWN}
         """,
@@ -47,8 +47,9 @@ async def insert(conn: asyncpg.Connection, live: LiveSession, text: str, complet
 # user: on a table where the owner's todos come before others' (or after them), a page read
 # about 100 times the blocks, in the plan for the values and in the generic plan that a
 # prepared statement settles on. tests/api/test_todos.py checks the plans.
-PAGE = f"""
-        WITH me AS ({LIVE_USER})
+def _page(live_cte: str) -> str:
+    return f"""
+        WITH me AS ({live_cte})
         SELECT t.* FROM me LEFT JOIN LATERAL (
             SELECT {SHOWN} FROM todos
              WHERE (owner_id, id) > ($2, $5) AND owner_id <= $2
@@ -59,9 +60,13 @@ PAGE = f"""
 """
 
 
+PAGE = _page(LIVE_USER)
+PAGES = {LIVE_USER: PAGE, LIVE_KEY_USER: _page(LIVE_KEY_USER)}
+
+
 async def select_page(
     conn: asyncpg.Connection,
-    live: LiveSession,
+    live: Live,
     *,
     limit: int,
     after: int | None = None,
@@ -72,17 +77,17 @@ async def select_page(
     (a keyset cursor, as cheap at any depth), less the first `offset` of them (each one skipped
     is read). No row at all means the session is not live (SessionNotLive)."""
     cursor = 0 if after is None else after  # ids start at 1: no cursor is "after 0"
-    rows = await conn.fetch(PAGE, *live.params, completed, cursor, limit, offset)
+    rows = await conn.fetch(PAGES[live.cte], *live.params, completed, cursor, limit, offset)
     if not rows:
         raise SessionNotLive()
     return [] if rows[0]["id"] is None else rows  # a row of NULLs: a live session, an empty page
 
 
-async def select_shown(conn: asyncpg.Connection, live: LiveSession, todo_id: int) -> asyncpg.Record | None:
+async def select_shown(conn: asyncpg.Connection, live: Live, todo_id: int) -> asyncpg.Record | None:
     """One of the session's user's todos (SHOWN columns), checked with the session as select_page."""
     row = await conn.fetchrow(
         f"""
-        WITH me AS ({LIVE_USER})
+        WITH me AS ({live.cte})
         SELECT t.{SHOWN.replace(", ", ", t.")} FROM me LEFT JOIN todos t ON t.owner_id = me.id AND t.id = $4
         """,
         *live.params,
@@ -92,12 +97,12 @@ async def select_shown(conn: asyncpg.Connection, live: LiveSession, todo_id: int
 
 
 async def update(
-    conn: asyncpg.Connection, live: LiveSession, todo_id: int, text: str | None, completed: bool | None
+    conn: asyncpg.Connection, live: Live, todo_id: int, text: str | None, completed: bool | None
 ) -> asyncpg.Record | None:
     """Change the given fields (None keeps the current value); None when there is no such todo."""
     row = await conn.fetchrow(
         f"""
-        WITH me AS ({LIVE_USER}),
+        WITH me AS ({live.cte}),
              changed AS (
                 UPDATE todos
                    SET text = coalesce($5, text), completed = coalesce($6, completed), updated_at = now()
@@ -113,10 +118,10 @@ async def update(
     return _one_of(row)
 
 
-async def delete(conn: asyncpg.Connection, live: LiveSession, todo_id: int) -> bool:
+async def delete(conn: asyncpg.Connection, live: Live, todo_id: int) -> bool:
     deleted = await conn.fetchval(
         f"""
-        WITH me AS ({LIVE_USER}),
+        WITH me AS ({live.cte}),
              gone AS (DELETE FROM todos WHERE id = $4 AND owner_id = (SELECT id FROM me) RETURNING id)
         SELECT (SELECT count(*) FROM gone) FROM me
         """,

@@ -9,7 +9,8 @@ import hmac
 from aiohttp import web
 from marshmallow import ValidationError
 
-from authsvc.appkeys import CREDENTIALS, SCOPES, SESSIONS, SETTINGS
+from authsvc.appkeys import API_KEYS, CREDENTIALS, SCOPES, SESSIONS, SETTINGS
+from authsvc.auth.api_keys import looks_like_api_key
 from authsvc.errors import (
     ClientUnauthorized,
     InvalidBody,
@@ -121,7 +122,8 @@ async def introspect(request: web.Request) -> web.Response:
     _check_service_credential(request)
     form = await _read_form(request)
     token = _load_form(token_form_schema, form)["token"]
-    return json_response(await request.app[SESSIONS].introspect(token), headers=TOKEN_HEADERS)
+    service = request.app[API_KEYS] if looks_like_api_key(token) else request.app[SESSIONS]
+    return json_response(await service.introspect(token), headers=TOKEN_HEADERS)
 
 
 @routes.post("/auth/revoke")
