@@ -43,6 +43,7 @@ from authsvc.http.middlewares import bearer_auth, errors_to_json, security_heade
 from authsvc.http.observe import echo_request_id, observe
 from authsvc.http.openapi import document_bytes
 from authsvc.http.views import (
+    admin_clients,
     auth,
     health,
     metrics,
@@ -114,7 +115,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ACCOUNTS] = Accounts(
         database, hasher, app[PASSWORD_POLICY], app[SIGNUPS], credentials, default_role=s.default_role
     )
-    app[CLIENTS] = Clients(database)
+    clients = Clients(database, app[SCOPES], tokens, app[THROTTLE])
+    app[CLIENTS] = clients
 
     async def reload_keys() -> None:
         if await tokens.keys.reload_if_changed():
@@ -123,6 +125,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     async with background.running(
         background.every(RELOAD_EVERY, reload_keys, "reloading the signing keys"),
         background.every(SESSION_PRUNE_EVERY, sessions.prune, "pruning ended sessions"),
+        background.every(SESSION_PRUNE_EVERY, clients.prune, "pruning used client assertions"),
     ):
         yield
 
@@ -190,7 +193,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] | None = None) 
     app.cleanup_ctx.append(throttle_ctx)
     app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(metrics_ctx)
-    for module in (health, wellknown, openapi, auth, oauth, users, todos, metrics):
+    for module in (health, wellknown, openapi, auth, oauth, users, todos, admin_clients, metrics):
         app.add_routes(module.routes)
     app[OPENAPI] = document_bytes(app, settings)
     _setup_cors(app, settings.cors_origins)
