@@ -223,6 +223,9 @@ async def exercise(conn: asyncpg.Connection, s: Sample, settings: Settings | Non
          lambda c: users.set_email_keys(c, s.user_id, key, key.replace("m", "rn"), None)),
         # Operator commands: rare, and allowed a whole table.
         ("operator", "users.set_disabled", False, True, lambda c: users.set_disabled(c, s.user_id, False)),
+        ("operator", "users.set_roles", False, True, lambda c: users.set_roles(c, s.user_id, ["user"])),
+        ("operator", "auth_events.insert_admin", False, True,
+         lambda c: auth_events.insert_admin(c, "operator", "user.roles", f"user:{s.user_id}", "127.0.0.1")),
         ("operator", "login_backoff.forget (account)", False, True, lambda c: login_backoff.forget(c, identifier=key)),
         ("operator", "login_backoff.forget (address)", False, True,
          lambda c: login_backoff.forget(c, address=s.address)),

@@ -597,7 +597,10 @@ async def test_every_attempt_is_recorded_without_the_password(make_client, db):
     columns = await db.fetch(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'auth_events' ORDER BY column_name"
     )
-    assert [c["column_name"] for c in columns] == ["address", "at", "attempts", "id", "identifier", "outcome", "reason"]
+    # (actor: who took an admin action, migration 0008)
+    assert [c["column_name"] for c in columns] == [
+        "actor", "address", "at", "attempts", "id", "identifier", "outcome", "reason"
+    ]
     for table in ("auth_events", "login_backoff", "login_budgets", "login_known_addresses"):
         for row in await db.fetch(f"SELECT * FROM {table}"):  # noqa: S608 - fixed table names
             for value in row.values():
