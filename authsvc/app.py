@@ -30,6 +30,7 @@ from authsvc.appkeys import (
 )
 from authsvc.auth import throttle
 from authsvc.auth.accounts import Accounts
+from authsvc.auth.assertions import ClientKeys
 from authsvc.auth.clients import Clients
 from authsvc.auth.credentials import Credentials
 from authsvc.auth.keyring import RELOAD_EVERY, KeyRing
@@ -115,7 +116,16 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ACCOUNTS] = Accounts(
         database, hasher, app[PASSWORD_POLICY], app[SIGNUPS], credentials, default_role=s.default_role
     )
-    clients = Clients(database, app[SCOPES], tokens, app[THROTTLE])
+    token_endpoint = s.public_url.rstrip("/") + "/auth/token"
+    clients = Clients(
+        database,
+        app[SCOPES],
+        tokens,
+        app[THROTTLE],
+        ClientKeys(),
+        audiences=(token_endpoint, s.issuer),
+        leeway=s.token_leeway,
+    )
     app[CLIENTS] = clients
 
     async def reload_keys() -> None:

@@ -13,10 +13,15 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import logging
 import re
 import secrets
+import time
+from datetime import UTC, datetime
 from typing import Any
 
+from authsvc.auth import assertions
+from authsvc.auth.assertions import BadAssertion, ClientKeys
 from authsvc.auth.scopes import ScopeModel, format_scopes
 from authsvc.auth.throttle import LoginThrottle
 from authsvc.auth.tokens import AccessClaims, TokenService
@@ -32,6 +37,8 @@ from authsvc.errors import (
     InvalidRequest,
     NotFound,
 )
+
+log = logging.getLogger(__name__)
 
 SECRET_METHOD = "client_secret"
 JWT_METHOD = "private_key_jwt"
@@ -61,11 +68,27 @@ def target(client_id: str) -> str:
 
 
 class Clients:
-    def __init__(self, pool: Database, scopes: ScopeModel, tokens: TokenService, throttle: LoginThrottle) -> None:
+    def __init__(
+        self,
+        pool: Database,
+        scopes: ScopeModel,
+        tokens: TokenService,
+        throttle: LoginThrottle,
+        keys: ClientKeys,
+        audiences: tuple[str, ...],
+        leeway: int,
+        clock: Any = time.time,
+    ) -> None:
+        """`audiences`: what an assertion's aud may be (the token endpoint's URL, the issuer);
+        `clock`: wall-clock seconds, for assertion times."""
         self._pool = pool
         self._scopes = scopes
         self._tokens = tokens
         self._throttle = throttle
+        self._keys = keys
+        self._audiences = audiences
+        self._leeway = leeway
+        self._clock = clock
 
     # --- what the bearer check and introspection need ---
 
@@ -130,6 +153,51 @@ class Clients:
         await throttle.delay(delay)
         raise InvalidClient()
 
+    async def authenticate_assertion(self, assertion: str, client_id: str | None, address: str) -> Client:
+        """private_key_jwt (RFC 7523 3): the enabled client that signed this assertion, which
+        has not been used before (its jti is kept until it expires, on every replica);
+        InvalidClient after the backoff otherwise. `client_id`: the form's, if it gave one."""
+        claimed = assertions.unverified_client_id(assertion)
+        if claimed is None or not ID_SHAPE.fullmatch(claimed) or client_id not in (None, claimed):
+            raise InvalidClient()  # names no client: nothing to count it against
+        throttle = self._throttle
+        attempt = await throttle.acquire(THROTTLE_PREFIX + claimed, address)
+        try:
+            async with self._pool.acquire() as conn:
+                client = await client_repo.select(conn, claimed)
+            ok = await self._assertion_holds(assertion, client) if client is not None else False
+            if ok:
+                await attempt.succeeded()
+            else:
+                delay = await attempt.failed()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(throttle.abandon(attempt, "busy" if isinstance(exc, Busy) else "error"))
+            raise
+        if ok and client is not None:
+            return client
+        await throttle.delay(delay)
+        raise InvalidClient()
+
+    async def _assertion_holds(self, assertion: str, client: Client) -> bool:
+        if client.disabled_at is not None or client.auth_method != JWT_METHOD:
+            return False
+        try:
+            keys = self._keys.resolver(jwks=client.jwks, jwks_uri=client.jwks_uri)
+            claims = await assertions.verify(
+                assertion, client_id=client.id, keys=keys, audiences=self._audiences, now=self._clock(),
+                leeway=self._leeway,
+            )
+        except (BadAssertion, ValueError) as exc:
+            log.info("assertion of client %s refused: %s", client.id, exc)
+            return False
+        expires_at = datetime.fromtimestamp(claims.exp + self._leeway, UTC)  # past this, exp refuses it
+        async with self._pool.acquire() as conn:
+            fresh = await client_repo.insert_assertion(conn, client.id, claims.jti, expires_at)
+        if not fresh:
+            log.warning("assertion of client %s replayed (jti seen before): refused", client.id)
+        return fresh
+
     # --- administration (the admin API and `authsvc clients`) ---
 
     def _check_method(
@@ -141,8 +209,11 @@ class Clients:
             raise InvalidRequest("A client_secret client has no jwks or jwks_uri.")
         if method == JWT_METHOD and (jwks is None) == (jwks_uri is None):
             raise InvalidRequest("A private_key_jwt client needs exactly one of jwks or jwks_uri.")
-        if jwks is not None and not isinstance(jwks.get("keys"), list):
-            raise InvalidRequest("jwks must be a JWK Set: an object with a list of keys.")
+        if jwks is not None:
+            try:
+                assertions.parse_jwks(jwks, strict=True)
+            except ValueError as exc:
+                raise InvalidRequest(f"jwks: {exc}.") from None
 
     async def create(
         self,

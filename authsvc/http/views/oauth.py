@@ -146,7 +146,9 @@ async def _client_credentials(request: web.Request, data: dict[str, str]) -> web
             raise OAuthError("invalid_request", "client_id is required with client_secret.")
         client = await clients.authenticate_secret(data["client_id"], data["client_secret"], address)
     elif assertion:
-        raise OAuthError("invalid_request", "private_key_jwt is not available yet.")
+        if "client_assertion" not in data or "client_assertion_type" not in data:
+            raise OAuthError("invalid_request", "client_assertion and client_assertion_type go together.")
+        client = await clients.authenticate_assertion(data["client_assertion"], data.get("client_id"), address)
     else:
         raise InvalidClient("Authenticate the client: HTTP Basic, client_secret or client_assertion.")
     return tokens_response(clients.issue(client, requested))

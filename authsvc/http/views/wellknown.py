@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from authsvc.appkeys import SCOPES, SETTINGS, TOKENS
+from authsvc.auth.assertions import ASYMMETRIC_ALGORITHMS
 from authsvc.auth.scopes import format_scopes
 from authsvc.http.answers import json_response
 from authsvc.http.middlewares import public
@@ -14,10 +15,6 @@ routes = web.RouteTableDef()
 # Verifiers may cache the key set this long; a verifier meeting an unknown kid fetches at once.
 JWKS_MAX_AGE = 300
 TOKEN_AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post", "private_key_jwt")
-# private_key_jwt: asymmetric signatures only (an HS256 key would be a shared secret).
-ASSERTION_ALGORITHMS = frozenset(
-    {"EdDSA", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
-)
 
 
 @routes.get("/.well-known/jwks.json")
@@ -45,7 +42,7 @@ async def metadata(request: web.Request) -> web.Response:
         + (["password"] if settings.password_grant else []),
         # none: the password and refresh grants take no client authentication.
         "token_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
-        "token_endpoint_auth_signing_alg_values_supported": sorted(ASSERTION_ALGORITHMS),
+        "token_endpoint_auth_signing_alg_values_supported": sorted(ASYMMETRIC_ALGORITHMS),  # private_key_jwt
         "id_token_signing_alg_values_supported": [],
         "access_token_signing_alg_values_supported": [request.app[TOKENS].keys.active.alg],
         "audience": settings.audience,
