@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import os
 import secrets
 import time
 import urllib.parse
@@ -18,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from helpers import PASSWORD, assert_error, bearer, signup
 
 from authsvc.appkeys import SETTINGS
+from authsvc.cli import main as cli
 
 ADMIN = "root@example.com"
 TOKEN_FORM = {"grant_type": "client_credentials"}
@@ -355,3 +358,67 @@ async def test_metadata_names_the_client_methods_and_scopes(client):
     assert "HS256" not in doc["token_endpoint_auth_signing_alg_values_supported"]
     assert {"profile", "todos", "admin", "introspect"} <= set(doc["scopes_supported"])
     assert doc["introspection_endpoint"].endswith("/auth/introspect")
+
+
+# --- `authsvc clients` ---
+
+
+@pytest.fixture
+def authsvc(settings, tmp_path, monkeypatch, capsys):
+    """`authsvc ARGS` in this process (on a thread: it runs its own event loop); (code, out, err)."""
+    for var in [v for v in os.environ if v.startswith("AUTHSVC_") and not v.startswith("AUTHSVC_TEST_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AUTHSVC_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("AUTHSVC_DATA_DIR", str(tmp_path))
+    if settings.db_pgbouncer:
+        monkeypatch.setenv("AUTHSVC_DB_PGBOUNCER", "true")
+        monkeypatch.setenv("AUTHSVC_MIGRATE_DATABASE_URL", str(settings.migrate_url))
+
+    async def call(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(cli.main, list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call
+
+
+async def test_the_clients_commands_run_the_service_code(client, authsvc, db, tmp_path):
+    code, out, err = await authsvc("clients", "create", "billing", "--scopes", "todos introspect", "--token-ttl", "300")
+    assert code == 0, err
+    client_id = out.split()[3]
+    first = out.splitlines()[-1].removeprefix("client_secret: ")
+    assert client_id.startswith("cl_") and first.startswith("cs_")
+    body = await granted(await token_by_basic(client, client_id, first))
+    assert body["expires_in"] == 300 and body["scope"] == "introspect todos"
+
+    code, out, _ = await authsvc("clients", "rotate", client_id)
+    second = out.splitlines()[-1].removeprefix("client_secret: ")
+    assert code == 0 and second.startswith("cs_") and second != first
+    code, out, _ = await authsvc("clients", "retire", client_id)
+    assert code == 0 and "1 secret(s)" in out
+    await assert_error(await token_by_basic(client, client_id, first), 401, "invalid_client")
+    await granted(await token_by_basic(client, client_id, second))
+
+    code, out, _ = await authsvc("clients", "list")
+    assert code == 0 and client_id in out and "enabled" in out and second not in out
+    assert (await authsvc("clients", "disable", client_id))[0] == 0
+    await assert_error(await token_by_basic(client, client_id, second), 401, "invalid_client")
+    assert (await authsvc("clients", "enable", client_id))[0] == 0
+    await granted(await token_by_basic(client, client_id, second))
+
+    keys = tmp_path / "jwks.json"
+    keys.write_text(json.dumps({"keys": [ed25519_pair("k1")[1]]}))
+    code, out, err = await authsvc("clients", "create", "signer", "--scopes", "todos", "--jwks", str(keys))
+    assert code == 0 and "private_key_jwt" in out and "client_secret" not in out, err
+
+    assert (await authsvc("clients", "delete", client_id))[0] == 0
+    code, _, err = await authsvc("clients", "delete", client_id)
+    assert code == 1 and "No such client" in err
+    code, _, err = await authsvc("clients", "create", "x", "--scopes", "no-such")
+    assert code == 1 and "no-such" in err
+    actions = await db.fetch("SELECT reason FROM auth_events WHERE actor = 'operator' ORDER BY id")
+    assert [r["reason"] for r in actions] == [
+        "client.create", "client.rotate", "client.retire", "client.disable", "client.enable", "client.create",
+        "client.delete",
+    ]
