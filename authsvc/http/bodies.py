@@ -51,7 +51,14 @@ def load(schema: Schema, data: Any) -> dict[str, Any]:
 
 def _messages(exc: ValidationError) -> dict[str, Any]:
     messages = exc.normalized_messages()
-    return messages if isinstance(messages, dict) else {"_schema": messages}
+    return _str_keys(messages) if isinstance(messages, dict) else {"_schema": messages}
+
+
+def _str_keys(value: Any) -> Any:
+    # A list field's messages are keyed by the item's index: JSON keys are strings.
+    if isinstance(value, dict):
+        return {str(key): _str_keys(item) for key, item in value.items()}
+    return value
 
 
 async def read_json(request: web.Request, schema: Schema) -> dict[str, Any]:

@@ -46,6 +46,17 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class JsonInteger(fields.Integer):
+    """A JSON whole number, as JSON Schema's integer: 120 or 120.0; no strings, no booleans."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        if isinstance(value, float) and not value.is_integer():
+            raise self.make_error("invalid")
+        return super()._deserialize(int(value), attr, data, **kwargs)
+
+
 class Email(Text):
     """An address as it is stored: normalised (authsvc/emails.py); invisible, format and control
     characters are refused, and so is what email-validator refuses."""
@@ -234,19 +245,22 @@ class IntrospectionSchema(Schema):
 
 class ClientCreateSchema(Base):
     name = Text(required=True, validate=validate.Length(1, 100))
-    scopes = fields.List(Text(validate=validate.Length(1, 64)), required=True, validate=validate.Length(max=100))
+    # Each a scope name (RFC 6749 3.3 characters; a comma would split it): one this service knows, else 400.
+    scopes = fields.List(
+        fields.String(validate=validate.Regexp(r"^[!#-+\--\[\]-~]{1,64}$")),
+        required=True,
+        validate=validate.Length(max=100),
+    )
     auth_method = fields.String(
         load_default="client_secret", validate=validate.OneOf(["client_secret", "private_key_jwt"])
     )
     jwks = fields.Dict(metadata={"description": "private_key_jwt: the client's public keys (a JWK Set)."})
-    jwks_uri = fields.Url(
-        schemes={"https", "http"},
-        require_tld=False,
-        validate=validate.Length(max=2000),
+    jwks_uri = fields.String(
+        validate=[validate.Length(1, 2000), validate.Regexp(r"^https?://[!-~]+$")],
         metadata={"description": "private_key_jwt: where its JWK Set is (instead of jwks)."},
     )
-    token_ttl = fields.Integer(
-        strict=True, validate=validate.Range(60, 86_400), metadata={"description": "Its tokens' lifetime, seconds."}
+    token_ttl = JsonInteger(
+        validate=validate.Range(60, 86_400), metadata={"description": "Its tokens' lifetime, seconds."}
     )
 
 

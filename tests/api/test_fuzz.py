@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import requests
 import schemathesis
@@ -28,8 +29,8 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi import checks
 
 from authsvc.app import create_app
-from authsvc.appkeys import POOL
-from authsvc.http.openapi import OPERATIONS, TODO_PATH
+from authsvc.appkeys import POOL, SETTINGS
+from authsvc.http.openapi import CLIENT_PATH, OPERATIONS, TODO_PATH
 from authsvc.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,11 +77,21 @@ def live_url(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
-class Account:
-    """A user with a live session and a few todos; made again when a fuzzed call ends it."""
+async def _grant_admin(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE users SET roles = '{admin}' WHERE email = $1", EMAIL)
+    finally:
+        await conn.close()
 
-    def __init__(self, base_url: str) -> None:
+
+class Account:
+    """A user with a live session and a few todos; made again when a fuzzed call ends it.
+    It holds the admin role (set in the database), so the admin routes are fuzzed past 403."""
+
+    def __init__(self, base_url: str, database_url: str) -> None:
         self.base_url = base_url
+        self.database_url = database_url
         self.http = requests.Session()
         self.token = ""
         self.renew()
@@ -88,6 +99,7 @@ class Account:
     def renew(self) -> None:
         resp = self.http.post(f"{self.base_url}/users", json={"email": EMAIL, "password": PASSWORD})
         assert resp.status_code in (201, 409), resp.text
+        asyncio.run(_grant_admin(self.database_url))
         resp = self.http.post(f"{self.base_url}/auth", json={"username": EMAIL, "password": PASSWORD})
         assert resp.status_code == 200, resp.text
         self.token = resp.json()["access_token"]
@@ -114,8 +126,8 @@ class Account:
 
 
 @pytest.fixture
-def account(live_url: str) -> Iterator[Account]:
-    acc = Account(live_url)
+def account(live_url: str, settings: Settings) -> Iterator[Account]:
+    acc = Account(live_url, str(settings.migrate_url))
     yield acc
     acc.http.close()
 
@@ -236,7 +248,7 @@ def test_refusals_match_the_document(strict_server: LiveServer) -> None:
     url = strict_server.url
     config = SchemathesisConfig.from_path(ROOT / "schemathesis.toml")
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=config)
-    account = Account(url)
+    account = Account(url, str(strict_server.app[SETTINGS].migrate_url))
     http = account.http
     seen: dict[tuple[str, str], set[int]] = {}
 
@@ -295,12 +307,12 @@ def test_refusals_match_the_document(strict_server: LiveServer) -> None:
     assert {status for statuses in seen.values() for status in statuses} == every_error
 
 
-def test_successes_match_the_document(live_url: str) -> None:
+def test_successes_match_the_document(live_url: str, settings: Settings) -> None:
     """Every operation's success answer, brought about on purpose and checked against the
     document: random data rarely logs in, refreshes or finds an existing todo."""
     config = SchemathesisConfig.from_path(ROOT / "schemathesis.toml")
     schema = schemathesis.openapi.from_url(f"{live_url}/openapi.json", config=config)
-    account = Account(live_url)
+    account = Account(live_url, str(settings.migrate_url))
     http = account.http
     seen: set[tuple[str, str]] = set()
 
@@ -343,6 +355,22 @@ def test_successes_match_the_document(live_url: str) -> None:
     conforms("PUT", TODO_PATH, http.put(one, json={"text": "again", "completed": True}, headers=auth))
     conforms("PATCH", TODO_PATH, http.patch(one, json={"completed": False}, headers=auth))
     conforms("DELETE", TODO_PATH, http.delete(one, headers=auth))
+    # A client, through the admin API and the grants it may use.
+    new = {"name": "fuzz-orders", "scopes": ["todos", "introspect"]}
+    made = conforms("POST", "/admin/clients", http.post(f"{url}/admin/clients", json=new, headers=auth)).json()
+    conforms("GET", "/admin/clients", http.get(f"{url}/admin/clients", headers=auth))
+    path = f"{url}/admin/clients/{made['id']}"
+    rotated = conforms("POST", CLIENT_PATH + "/secrets", http.post(path + "/secrets", headers=auth)).json()
+    conforms("POST", CLIENT_PATH + "/secrets/retire", http.post(path + "/secrets/retire", headers=auth))
+    conforms("POST", CLIENT_PATH + "/disable", http.post(path + "/disable", headers=auth))
+    conforms("POST", CLIENT_PATH + "/enable", http.post(path + "/enable", headers=auth))
+    pair = f"{made['id']}:{rotated['client_secret']}"
+    client_basic = {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+    form = {"grant_type": "client_credentials", "scope": "todos"}
+    conforms("POST", "/auth/token", http.post(f"{url}/auth/token", data=form, headers=client_basic))
+    own = {"client_id": made["id"], "client_secret": rotated["client_secret"]}
+    conforms("POST", "/auth", http.post(f"{url}/auth", json=own))
+    conforms("DELETE", CLIENT_PATH, http.delete(path, headers=auth))
     change = {"current_password": PASSWORD, "new_password": PASSWORD + " and more"}
     conforms("POST", "/users/me/password", http.post(f"{url}/users/me/password", json=change, headers=auth))
     conforms("POST", "/auth/logout", http.post(f"{url}/auth/logout?scope=all", headers=auth))

@@ -13,6 +13,7 @@ from authsvc.appkeys import (
     SCOPES,
     SESSIONS,
 )
+from authsvc.errors import ClientUnauthorized, InvalidClient
 from authsvc.http.bodies import load, read_json, read_json_value, read_query
 from authsvc.http.middlewares import SESSION, public, requires
 from authsvc.http.schemas import (
@@ -49,7 +50,11 @@ async def login(request: web.Request) -> web.Response:
 async def _client_login(request: web.Request, data: dict[str, str]) -> web.Response:
     requested = request.app[SCOPES].parse(data.get("scope"))  # bad input: before any attempt
     clients = request.app[CLIENTS]
-    client = await clients.authenticate_secret(data["client_id"], data["client_secret"], client_address(request))
+    try:
+        client = await clients.authenticate_secret(data["client_id"], data["client_secret"], client_address(request))
+    except InvalidClient:
+        raise ClientUnauthorized() from None  # this route's errors are {error, message}, not RFC 6749's
+
     return tokens_response(clients.issue(client, requested))
 
 
