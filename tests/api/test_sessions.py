@@ -368,6 +368,13 @@ AFTER_LOGOUT = [
     ("PUT", "/todos/{id}", {"text": "y", "completed": False}),
     ("DELETE", "/todos/{id}", None),
     ("POST", "/auth/logout", None),
+    ("POST", "/admin/clients", {"name": "x", "scopes": []}),
+    ("GET", "/admin/clients", None),
+    ("POST", "/admin/clients/999999/secrets", None),
+    ("POST", "/admin/clients/999999/secrets/retire", None),
+    ("POST", "/admin/clients/999999/disable", None),
+    ("POST", "/admin/clients/999999/enable", None),
+    ("DELETE", "/admin/clients/999999", None),
 ]
 
 
