@@ -34,6 +34,7 @@ from authsvc.auth import throttle
 from authsvc.auth.accounts import Accounts
 from authsvc.auth.admin_users import UserAdmin
 from authsvc.auth.api_keys import LAST_USED_FLUSH_EVERY, ApiKeys
+from authsvc.auth.assertions import ClientKeys
 from authsvc.auth.clients import Clients
 from authsvc.auth.credentials import Credentials
 from authsvc.auth.keyring import RELOAD_EVERY, KeyRing
@@ -47,6 +48,7 @@ from authsvc.http.middlewares import bearer_auth, errors_to_json, security_heade
 from authsvc.http.observe import echo_request_id, observe
 from authsvc.http.openapi import document_bytes
 from authsvc.http.views import (
+    admin_clients,
     admin_users,
     auth,
     health,
@@ -120,7 +122,17 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ACCOUNTS] = Accounts(
         database, hasher, app[PASSWORD_POLICY], app[SIGNUPS], credentials, default_role=s.default_role
     )
-    app[CLIENTS] = Clients(database)
+    token_endpoint = s.public_url.rstrip("/") + "/auth/token"
+    clients = Clients(
+        database,
+        app[SCOPES],
+        tokens,
+        app[THROTTLE],
+        ClientKeys(),
+        audiences=(token_endpoint, s.issuer),
+        leeway=s.token_leeway,
+    )
+    app[CLIENTS] = clients
     app[USER_ADMIN] = UserAdmin(database, app[SCOPES])
     api_keys = ApiKeys(database, app[SCOPES])
     app[API_KEYS] = api_keys
@@ -133,6 +145,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         background.every(RELOAD_EVERY, reload_keys, "reloading the signing keys"),
         background.every(SESSION_PRUNE_EVERY, sessions.prune, "pruning ended sessions"),
         background.every(LAST_USED_FLUSH_EVERY, api_keys.flush, "recording when API keys were used"),
+        background.every(SESSION_PRUNE_EVERY, clients.prune, "pruning used client assertions"),
     ):
         yield
     # The uses since the last round: lost if the database is away now, which costs only a date.
@@ -207,7 +220,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] | None = None) 
     app.cleanup_ctx.append(throttle_ctx)
     app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(metrics_ctx)
-    for module in (health, wellknown, openapi, auth, oauth, users, api_keys_views, todos, admin_users, metrics):
+    for module in (
+        health, wellknown, openapi, auth, oauth, users, api_keys_views, todos, admin_users, admin_clients, metrics
+    ):
         app.add_routes(module.routes)
     app[OPENAPI] = document_bytes(app, settings)
     _setup_cors(app, settings.cors_origins)

@@ -182,6 +182,27 @@ class ClientUnauthorized(ApiError):
         super().__init__(headers={"WWW-Authenticate": 'Basic realm="authsvc"'})
 
 
+class InvalidClient(OAuthError):
+    """RFC 6749 5.2 invalid_client: one answer for an unknown client, a wrong secret or
+    assertion, and a disabled client (no enumeration), with the Basic challenge."""
+
+    status = 401
+
+    def __init__(self, description: str = "Client authentication failed.") -> None:
+        super().__init__("invalid_client", description)
+        self.headers = {"WWW-Authenticate": 'Basic realm="authsvc"'}
+
+
+class ClientNameTaken(Conflict):
+    code = "client_name_taken"
+    message = "A client with this name exists already."
+
+
+class ClientHasNoSecrets(Conflict):
+    code = "client_has_no_secrets"
+    message = "This client authenticates with private_key_jwt: it has no secrets."
+
+
 class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"

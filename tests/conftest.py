@@ -65,6 +65,7 @@ def _with_database(url: str, name: str) -> str:
 SECRET_SHAPES = {
     "access token (JWT)": re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}"),
     "refresh token": re.compile(r"rt_[A-Za-z0-9_-]{16,}"),
+    "client secret": re.compile(r"cs_[A-Za-z0-9_-]{16,}"),
     "API key": re.compile(r"ak_[A-Za-z0-9_-]{16,}"),  # its shown prefix (ak_ + 8) is no secret
     "bcrypt hash": re.compile(r"\$2[aby]\$\d\d\$"),
     "private key": re.compile(r"PRIVATE KEY"),

@@ -18,6 +18,7 @@ import asyncpg
 from authsvc import settings as config
 from authsvc.auth.keyring import KeyFile, KeyFileError
 from authsvc.cli import admin as operator
+from authsvc.cli import clients as client_commands
 from authsvc.cli import secretfiles, workers
 from authsvc.db import embedded, migrate
 from authsvc.db.pool import (
@@ -95,6 +96,7 @@ def _operator_parsers(sub: Any) -> None:
     reset = throttle.add_parser("reset", help="forget the failed logins of an account (every address) or an address")
     reset.add_argument("email", metavar="EMAIL", nargs="?")
     reset.add_argument("--address", metavar="IP", help="also clear this address's budget and block")
+    client_commands.add_parser(sub)
     sub.add_parser("settings", help="print the effective settings, secrets masked")
 
 
@@ -208,6 +210,8 @@ def _run(argv: Sequence[str] | None) -> None:
         operator.users_command(settings, args, _with_database)
     elif args.command == "throttle":
         operator.throttle_command(settings, args, _with_database)
+    elif args.command == "clients":
+        client_commands.clients_command(settings, args, _with_database)
 
 
 def _keys(settings: Settings, action: str, kid: str | None) -> None:

@@ -64,11 +64,16 @@ def _string_keys(messages: Any) -> Any:
 
 async def read_json(request: web.Request, schema: Schema) -> dict[str, Any]:
     """The body as a validated JSON object; 415, 413, 400 or 422 otherwise."""
+    return load(schema, await read_json_value(request))
+
+
+async def read_json_value(request: web.Request) -> Any:
+    """The body as parsed JSON, not validated yet (for a route that takes two shapes)."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType()
     if request.charset not in (None, "utf-8", "UTF-8"):
         raise UnsupportedMediaType("Send the body as UTF-8 JSON.")
-    return load(schema, _parse_json(await read_body(request)))
+    return _parse_json(await read_body(request))
 
 
 async def read_body(request: web.Request) -> bytes:

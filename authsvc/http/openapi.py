@@ -31,6 +31,11 @@ from authsvc.http.schemas import (
     ApiKeyCreatedSchema,
     ApiKeyCreateSchema,
     ApiKeySchema,
+    ClientCreateSchema,
+    ClientCredentialsGrantSchema,
+    ClientLoginSchema,
+    ClientSchema,
+    ClientSecretSchema,
     Email,
     ErrorSchema,
     IntrospectionSchema,
@@ -42,6 +47,7 @@ from authsvc.http.schemas import (
     PasswordChangeSchema,
     RefreshGrantSchema,
     RefreshSchema,
+    RetiredSchema,
     RolesSchema,
     SignupSchema,
     StatusSchema,
@@ -65,6 +71,7 @@ FORM = "application/x-www-form-urlencoded"
 
 BEARER = "bearerAuth"
 BASIC = "introspectionClient"
+CLIENT_BASIC = "clientSecretBasic"  # optional on /auth/token: a client may authenticate otherwise
 
 # aiohttp adds HEAD to every GET route (the same answer without a body); CORS adds OPTIONS
 # preflights when AUTHSVC_CORS_ORIGINS is set. Neither is an operation of its own here.
@@ -79,11 +86,13 @@ class Operation:
     media: tuple[str, ...] = (JSON,)  # the 2xx body's media types
     ok: int = 200
     json: type[Schema] | None = None  # request body, application/json
+    json_also: tuple[type[Schema], ...] = ()  # other shapes it may take instead (oneOf)
     form: tuple[type[Schema], ...] = ()  # request body, form-encoded: one of these
     query: type[Schema] | None = None
     auth: str | None = BEARER  # None: public
     database: bool = True  # needs the database, so 503 when it is down
     errors: tuple[int, ...] = ()  # statuses beyond those its kind implies, or a more specific answer
+    unauthorized: str = "InvalidCredentials"  # the named 401 answer, when 401 is in errors
     ok_headers: tuple[str, ...] = ()
     description: str = ""
 
@@ -91,6 +100,7 @@ class Operation:
 TODO_PATH = "/todos/{id}"
 ADMIN_USER_PATH = "/admin/users/{id}"
 API_KEY_PATH = "/users/me/api-keys/{key_id}"
+CLIENT_PATH = "/admin/clients/{id}"
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
     # --- service ---
@@ -117,9 +127,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     # --- auth ---
     ("POST", "/auth"): Operation(
-        "Log in: start a session", "auth", TokenSchema, json=LoginSchema, auth=None, errors=(401, 429),
-        ok_headers=("Cache-Control",),
-        description="One answer (401 invalid_credentials) for an unknown email and a wrong password.",
+        "Log in: start a session; or a client's own token", "auth", TokenSchema, json=LoginSchema,
+        json_also=(ClientLoginSchema,), auth=None, errors=(401, 429), ok_headers=("Cache-Control",),
+        description="One answer (401 invalid_credentials) for an unknown email and a wrong password. "
+        "With client_id and client_secret, a registered client's token as client_credentials gives it "
+        "(no refresh_token); one answer (401 invalid_client) for an unknown client, a wrong secret and a "
+        "disabled client.",
     ),
     ("POST", "/auth/refresh"): Operation(
         "Exchange a refresh token for a new pair (rotation)", "auth", TokenSchema, json=RefreshSchema,
@@ -127,10 +140,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         description="400 invalid_grant (with error_description) when the refresh token is not usable.",
     ),
     ("POST", "/auth/token"): Operation(
-        "OAuth2 token endpoint: password grant (RFC 6749 4.3) and refresh (section 6)", "auth",
-        TokenSchema, form=(TokenGrantSchema, RefreshGrantSchema), auth=None, errors=(429,),
-        ok_headers=("Cache-Control",),
-        description="The password grant answers unsupported_grant_type when AUTHSVC_PASSWORD_GRANT is off.",
+        "OAuth2 token endpoint: password grant (RFC 6749 4.3), client credentials (4.4) and refresh "
+        "(section 6)", "auth",
+        TokenSchema, form=(TokenGrantSchema, ClientCredentialsGrantSchema, RefreshGrantSchema), auth=CLIENT_BASIC,
+        errors=(401, 429), unauthorized="InvalidClient", ok_headers=("Cache-Control",),
+        description="The password grant answers unsupported_grant_type when AUTHSVC_PASSWORD_GRANT is off. "
+        "client_credentials: the client authenticates with HTTP Basic (client_secret_basic, id and secret "
+        "form-urlencoded first), client_id and client_secret in the form (client_secret_post), or "
+        "client_assertion (private_key_jwt, RFC 7523); exactly one of them. Its token has no refresh_token.",
     ),
     ("POST", "/auth/logout"): Operation(
         "End this session, or with scope=all every session of the user", "auth", ok=204,
@@ -138,12 +155,40 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("POST", "/auth/introspect"): Operation(
         "Token introspection (RFC 7662) for services", "auth", IntrospectionSchema,
-        form=(TokenFormSchema,), auth=BASIC, ok_headers=("Cache-Control",),
-        description="Only when AUTHSVC_INTROSPECTION_CLIENTS names a client; otherwise 404.",
+        form=(TokenFormSchema,), auth=BASIC, errors=(403, 429), ok_headers=("Cache-Control",),
+        description="For a registered client holding the introspect scope (403 insufficient_scope for one "
+        "without it), or one of AUTHSVC_INTROSPECTION_CLIENTS. A client's token is active while its client "
+        "is enabled.",
     ),
     ("POST", "/auth/revoke"): Operation(
         "Revoke a refresh or access token (RFC 7009)", "auth", form=(TokenFormSchema,), auth=None,
         description="200 whether or not the token was known.",
+    ),
+    # --- admin: clients ---
+    ("POST", "/admin/clients"): Operation(
+        "Register an OAuth2 client (client_credentials)", "admin", ClientSchema, ok=201, json=ClientCreateSchema,
+        errors=(409,), ok_headers=("Cache-Control",),
+        description="A client_secret client's first secret is in this answer only (client_secret). "
+        "private_key_jwt needs jwks or jwks_uri. 400 invalid_scope for a scope that does not exist; 409 "
+        "client_name_taken.",
+    ),
+    ("GET", "/admin/clients"): Operation(
+        "Every registered client", "admin", {"type": "array", "items": ClientSchema}
+    ),
+    ("POST", CLIENT_PATH + "/secrets"): Operation(
+        "Rotate: a new secret, the old ones still valid until retired", "admin", ClientSecretSchema, ok=201,
+        errors=(404, 409), ok_headers=("Cache-Control",),
+        description="The secret is in this answer only. 409 client_has_no_secrets for a private_key_jwt client.",
+    ),
+    ("POST", CLIENT_PATH + "/secrets/retire"): Operation(
+        "Retire every secret of the client but the newest", "admin", RetiredSchema, errors=(404,)
+    ),
+    ("POST", CLIENT_PATH + "/disable"): Operation(
+        "Disable a client: no new token, its tokens refused at once", "admin", ClientSchema, errors=(404,)
+    ),
+    ("POST", CLIENT_PATH + "/enable"): Operation("Enable a client again", "admin", ClientSchema, errors=(404,)),
+    ("DELETE", CLIENT_PATH): Operation(
+        "Delete a client, its secrets with it", "admin", ok=204, errors=(404,)
     ),
     # --- users ---
     ("POST", "/users"): Operation(
@@ -240,11 +285,18 @@ RESPONSES: dict[str, dict[str, Any]] = {
         "headers": {"WWW-Authenticate": 'Bearer realm="authsvc"[, error="invalid_token"]'},
     },
     "InvalidCredentials": {
-        "description": "invalid_credentials: the email or password is not correct.",
+        "description": "invalid_credentials: the email or password is not correct; invalid_client for a "
+        "client's login (with a Basic challenge).",
         "headers": {"WWW-Authenticate": 'Bearer realm="authsvc"'},
     },
     "ClientUnauthorized": {
         "description": "invalid_client: no valid service credential.",
+        "headers": {"WWW-Authenticate": 'Basic realm="authsvc"'},
+    },
+    "InvalidClient": {
+        "description": "RFC 6749 5.2 invalid_client: the client's authentication failed (the same answer "
+        "for an unknown client, a wrong secret or assertion and a disabled client).",
+        "schema": OAuthErrorSchema,
         "headers": {"WWW-Authenticate": 'Basic realm="authsvc"'},
     },
     "Forbidden": {"description": "invalid_current_password, or insufficient_scope (see InsufficientScope)."},
@@ -255,7 +307,8 @@ RESPONSES: dict[str, dict[str, Any]] = {
     },
     "NotFound": {"description": "not_found."},
     "RequestTimeout": {"description": "request_timeout: the body did not arrive in time; the connection closes."},
-    "Conflict": {"description": "email_taken; too_many_api_keys; or own_account: an admin acting on their own account."},
+    "Conflict": {"description": "email_taken; too_many_api_keys; client_name_taken; client_has_no_secrets; or"
+                 " own_account: an admin acting on their own account."},
     "PayloadTooLarge": {"description": "payload_too_large: the body is over AUTHSVC_MAX_BODY_BYTES."},
     "UnsupportedMediaType": {"description": "unsupported_media_type: send UTF-8 application/json."},
     "ValidationFailed": {
@@ -294,6 +347,8 @@ def _error_statuses(op: Operation) -> dict[int, str]:
         out |= {400: "BadRequest", 401: "Unauthorized", 403: "InsufficientScope"}
     if op.auth == BASIC:
         out[401] = "ClientUnauthorized"
+    if op.auth == CLIENT_BASIC:
+        out[401] = "InvalidClient"
     if op.json is not None:
         out |= {400: "BadRequest", 408: "RequestTimeout", 413: "PayloadTooLarge", 415: "UnsupportedMediaType"}
         out[422] = "ValidationFailed"
@@ -304,7 +359,7 @@ def _error_statuses(op: Operation) -> dict[int, str]:
     if op.database:
         out[503] = "Unavailable"
     special = {
-        401: "InvalidCredentials",
+        401: op.unauthorized,
         403: "Forbidden",
         404: "NotFound",
         409: "Conflict",
@@ -346,9 +401,21 @@ def _operation(method: str, path: str, op: Operation) -> dict[str, Any]:
     doc: dict[str, Any] = {"summary": op.summary, "tags": [op.tag], "operationId": _operation_id(method, path)}
     if op.description:
         doc["description"] = op.description
-    doc["security"] = [] if op.auth is None else [{op.auth: []}]
+    if op.auth == CLIENT_BASIC:
+        doc["security"] = [{}, {CLIENT_BASIC: []}]  # optional: other ways to authenticate are in the body
+    else:
+        doc["security"] = [] if op.auth is None else [{op.auth: []}]
     parameters: list[dict[str, Any]] = []
-    if "{id}" in path:
+    if path.startswith(CLIENT_PATH):
+        parameters.append({
+            "in": "path",
+            "name": "id",
+            "required": True,
+            "description": "A client's id; any other value names no client: 404.",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
+            "example": "cl_0123456789abcdef",
+        })
+    elif "{id}" in path:
         parameters.append({
             "in": "path",
             "name": "id",
@@ -370,7 +437,8 @@ def _operation(method: str, path: str, op: Operation) -> dict[str, Any]:
     if parameters:
         doc["parameters"] = parameters
     if op.json is not None:
-        doc["requestBody"] = {"required": True, "content": {JSON: {"schema": op.json}}}
+        body: Any = op.json if not op.json_also else {"oneOf": [op.json, *op.json_also]}
+        doc["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
     elif op.form:
         schema: Any = op.form[0] if len(op.form) == 1 else {"oneOf": list(op.form)}
         doc["requestBody"] = {"required": True, "content": {FORM: {"schema": schema}}}
@@ -448,7 +516,7 @@ def _schema_name(schema: type[Schema] | Schema) -> str:
 def _request_schemas() -> list[type[Schema]]:
     found: list[type[Schema]] = []
     for op in OPERATIONS.values():
-        for cls in (op.json, op.query, *op.form):
+        for cls in (op.json, *op.json_also, op.query, *op.form):
             if cls is not None and cls not in found:
                 found.append(cls)
     return found
@@ -468,10 +536,10 @@ TOKEN_ENDPOINT = ("POST", "/auth/token")
 # /auth/token with AUTHSVC_PASSWORD_GRANT off: the refresh grant alone, and no login budget.
 REFRESH_ONLY = dataclasses.replace(
     OPERATIONS[TOKEN_ENDPOINT],
-    summary="OAuth2 token endpoint: refresh (RFC 6749 section 6)",
-    form=(RefreshGrantSchema,),
-    errors=(),
-    description="The password grant is off here (AUTHSVC_PASSWORD_GRANT): it answers unsupported_grant_type.",
+    summary="OAuth2 token endpoint: client credentials (RFC 6749 4.4) and refresh (section 6)",
+    form=(ClientCredentialsGrantSchema, RefreshGrantSchema),
+    description="The password grant is off here (AUTHSVC_PASSWORD_GRANT): it answers unsupported_grant_type. "
+    + OPERATIONS[TOKEN_ENDPOINT].description.partition(". ")[2],
 )
 
 
@@ -503,7 +571,19 @@ def build(routes: Iterable[tuple[str, str]], server_url: str, *, password_grant:
     )
     spec.components.security_scheme(
         BASIC,
-        {"type": "http", "scheme": "basic", "description": "A client of AUTHSVC_INTROSPECTION_CLIENTS."},
+        {
+            "type": "http",
+            "scheme": "basic",
+            "description": "A registered client with the introspect scope, or one of AUTHSVC_INTROSPECTION_CLIENTS.",
+        },
+    )
+    spec.components.security_scheme(
+        CLIENT_BASIC,
+        {
+            "type": "http",
+            "scheme": "basic",
+            "description": "client_secret_basic (RFC 6749 2.3.1): a registered client's id and secret.",
+        },
     )
     # What a schema states in code rather than in fields (LoginSchema's one identifier, the
     # forms' extra parameters) it gives as `json_schema_extra`; those go in first.
@@ -528,12 +608,7 @@ INTROSPECTION = ("POST", "/auth/introspect")
 
 def document_bytes(app: web.Application, settings: Settings) -> bytes:
     """The served document; apps with the same routes and URL share one (tests make many apps)."""
-    routes = routes_of(app)
-    if not settings.introspection_clients:
-        # Without clients it answers 404 to everyone, like a path that does not exist; the
-        # metadata document leaves out its introspection_endpoint too.
-        routes.discard(INTROSPECTION)
-    return _document_bytes(frozenset(routes), settings.public_url, settings.password_grant)
+    return _document_bytes(frozenset(routes_of(app)), settings.public_url, settings.password_grant)
 
 
 @functools.lru_cache(maxsize=8)

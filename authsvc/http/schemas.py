@@ -191,6 +191,15 @@ class LoginSchema(Base):
             raise ValidationError("Give exactly one of username or email.", "username")
 
 
+class ClientLoginSchema(Base):
+    """{"client_id", "client_secret", "scope"?}: a client's own token, as client_credentials
+    with client_secret_post gives it on /auth/token."""
+
+    client_id = Text(required=True, validate=validate.Length(1, 64))
+    client_secret = Text(required=True, validate=validate.Length(1, 1024))
+    scope = Text(validate=validate.Length(0, SCOPE_MAX))
+
+
 class Form(Base):
     """Parameters of an OAuth form body."""
 
@@ -214,6 +223,21 @@ class TokenGrantSchema(Form):
     password = Text(required=True, validate=validate.Length(1, PASSWORD_MAX))
     scope = Text(validate=validate.Length(0, SCOPE_MAX))
     client_id = Text()
+
+
+class ClientCredentialsGrantSchema(Form):
+    """RFC 6749 4.4, the client authenticated by HTTP Basic (client_secret_basic), by
+    client_id and client_secret here (client_secret_post), or by a signed JWT (RFC 7523
+    private_key_jwt: client_assertion_type and client_assertion)."""
+
+    grant_type = Text(required=True, validate=validate.Equal("client_credentials"))
+    scope = Text(validate=validate.Length(0, SCOPE_MAX))
+    client_id = Text(validate=validate.Length(1, 64))
+    client_secret = Text(validate=validate.Length(1, 1024))
+    client_assertion_type = Text(
+        validate=validate.Equal("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    )
+    client_assertion = Text(validate=validate.Length(1, 8192))
 
 
 class RefreshGrantSchema(Form):
@@ -266,6 +290,66 @@ class IntrospectionSchema(Schema):
     jti = fields.String()
     scope = fields.String()
     key_id = fields.String(metadata={"description": "An API key's id (token_type api_key)."})
+
+
+# --- clients (admin) ---
+
+
+class ClientCreateSchema(Base):
+    name = Text(required=True, validate=validate.Length(1, 100))
+    # Each a scope name (RFC 6749 3.3 characters; a comma would split it): one this service knows, else 400.
+    scopes = fields.List(
+        fields.String(validate=validate.Regexp(r"^[!#-+\--\[\]-~]{1,64}$")),
+        required=True,
+        validate=validate.Length(max=100),
+    )
+    auth_method = fields.String(
+        load_default="client_secret", validate=validate.OneOf(["client_secret", "private_key_jwt"])
+    )
+    jwks = fields.Dict(metadata={"description": "private_key_jwt: the client's public keys (a JWK Set)."})
+    jwks_uri = fields.String(
+        validate=[validate.Length(1, 2000), validate.Regexp(r"^https?://[!-~]+$")],
+        metadata={"description": "private_key_jwt: where its JWK Set is (instead of jwks)."},
+    )
+    token_ttl = WholeNumber(
+        validate=validate.Range(60, 86_400), metadata={"description": "Its tokens' lifetime, seconds."}
+    )
+
+
+class ClientSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    scopes = fields.List(fields.String(), required=True)
+    auth_method = fields.String(required=True, validate=validate.OneOf(["client_secret", "private_key_jwt"]))
+    jwks_uri = fields.String(required=True, allow_none=True)
+    token_ttl = fields.Integer(required=True)
+    created_at = fields.AwareDateTime(required=True)
+    updated_at = fields.AwareDateTime(required=True)
+    disabled_at = fields.AwareDateTime(required=True, allow_none=True)
+    client_secret = fields.String(metadata={"description": "Only in the answer that creates it: shown once."})
+
+
+class ClientSecretSchema(Schema):
+    client_id = fields.String(required=True)
+    client_secret = fields.String(required=True, metadata={"description": "Shown once."})
+
+
+class RetiredSchema(Schema):
+    retired = fields.Integer(required=True, metadata={"description": "Secrets retired: all but the newest."})
+
+
+def client_json(client: Any) -> dict[str, Any]:
+    return {
+        "id": client.id,
+        "name": client.name,
+        "scopes": list(client.scopes),
+        "auth_method": client.auth_method,
+        "jwks_uri": client.jwks_uri,
+        "token_ttl": client.token_ttl,
+        "created_at": client.created_at.isoformat(),
+        "updated_at": client.updated_at.isoformat(),
+        "disabled_at": client.disabled_at.isoformat() if client.disabled_at else None,
+    }
 
 
 # --- todos ---
@@ -427,7 +511,14 @@ class OAuthErrorSchema(Schema):
 
     error = fields.String(
         required=True,
-        validate=validate.OneOf(["invalid_request", "invalid_grant", "invalid_scope", "unsupported_grant_type"]),
+        validate=validate.OneOf([
+            "invalid_request",
+            "invalid_client",
+            "invalid_grant",
+            "invalid_scope",
+            "unauthorized_client",
+            "unsupported_grant_type",
+        ]),
     )
     error_description = fields.String(required=True)
     message = fields.String(required=True)
@@ -454,16 +545,18 @@ class JwksSchema(Schema):
 
 
 class MetadataSchema(Schema):
-    """RFC 8414 authorization server metadata; introspection_* only when it is enabled."""
+    """RFC 8414 authorization server metadata."""
 
     issuer = fields.String(required=True)
     jwks_uri = fields.String(required=True)
     token_endpoint = fields.String(required=True)
     revocation_endpoint = fields.String(required=True)
+    scopes_supported = fields.List(fields.String(), required=True)
     grant_types_supported = fields.List(fields.String(), required=True)
     token_endpoint_auth_methods_supported = fields.List(fields.String(), required=True)
+    token_endpoint_auth_signing_alg_values_supported = fields.List(fields.String(), required=True)
     id_token_signing_alg_values_supported = fields.List(fields.String(), required=True)
     access_token_signing_alg_values_supported = fields.List(fields.String(), required=True)
     audience = fields.String(required=True)
-    introspection_endpoint = fields.String()
-    introspection_endpoint_auth_methods_supported = fields.List(fields.String())
+    introspection_endpoint = fields.String(required=True)
+    introspection_endpoint_auth_methods_supported = fields.List(fields.String(), required=True)

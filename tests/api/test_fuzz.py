@@ -29,8 +29,14 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi import checks
 
 from authsvc.app import create_app
-from authsvc.appkeys import POOL
-from authsvc.http.openapi import ADMIN_USER_PATH, API_KEY_PATH, OPERATIONS, TODO_PATH
+from authsvc.appkeys import POOL, SETTINGS
+from authsvc.http.openapi import (
+    ADMIN_USER_PATH,
+    API_KEY_PATH,
+    CLIENT_PATH,
+    OPERATIONS,
+    TODO_PATH,
+)
 from authsvc.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +139,7 @@ class Account:
 
 @pytest.fixture
 def account(live_url: str, settings: Settings) -> Iterator[Account]:
-    acc = Account(live_url, str(settings.database_url))
+    acc = Account(live_url, str(settings.migrate_url))
     yield acc
     acc.http.close()
 
@@ -254,7 +260,7 @@ def test_refusals_match_the_document(strict_server: LiveServer, settings: Settin
     url = strict_server.url
     config = SchemathesisConfig.from_path(ROOT / "schemathesis.toml")
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=config)
-    account = Account(url, str(settings.database_url))
+    account = Account(url, str(strict_server.app[SETTINGS].migrate_url))
     http = account.http
     seen: dict[tuple[str, str], set[int]] = {}
 
@@ -323,7 +329,7 @@ def test_successes_match_the_document(live_url: str, settings: Settings) -> None
     document: random data rarely logs in, refreshes or finds an existing todo."""
     config = SchemathesisConfig.from_path(ROOT / "schemathesis.toml")
     schema = schemathesis.openapi.from_url(f"{live_url}/openapi.json", config=config)
-    account = Account(live_url, str(settings.database_url))
+    account = Account(live_url, str(settings.migrate_url))
     http = account.http
     seen: set[tuple[str, str]] = set()
 
@@ -379,6 +385,22 @@ def test_successes_match_the_document(live_url: str, settings: Settings) -> None
     conforms("GET", "/admin/users/{id}/api-keys", http.get(f"{url}/admin/users/{me['id']}/api-keys", headers=admin))
     gone = http.delete(f"{url}/admin/users/{me['id']}/api-keys/{key['id']}", headers=admin)
     conforms("DELETE", "/admin/users/{id}/api-keys/{key_id}", gone)
+    # A client, through the admin API and the grants it may use.
+    new = {"name": "fuzz-orders", "scopes": ["todos", "introspect"]}
+    made = conforms("POST", "/admin/clients", http.post(f"{url}/admin/clients", json=new, headers=auth)).json()
+    conforms("GET", "/admin/clients", http.get(f"{url}/admin/clients", headers=auth))
+    path = f"{url}/admin/clients/{made['id']}"
+    rotated = conforms("POST", CLIENT_PATH + "/secrets", http.post(path + "/secrets", headers=auth)).json()
+    conforms("POST", CLIENT_PATH + "/secrets/retire", http.post(path + "/secrets/retire", headers=auth))
+    conforms("POST", CLIENT_PATH + "/disable", http.post(path + "/disable", headers=auth))
+    conforms("POST", CLIENT_PATH + "/enable", http.post(path + "/enable", headers=auth))
+    pair = f"{made['id']}:{rotated['client_secret']}"
+    client_basic = {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+    form = {"grant_type": "client_credentials", "scope": "todos"}
+    conforms("POST", "/auth/token", http.post(f"{url}/auth/token", data=form, headers=client_basic))
+    own = {"client_id": made["id"], "client_secret": rotated["client_secret"]}
+    conforms("POST", "/auth", http.post(f"{url}/auth", json=own))
+    conforms("DELETE", CLIENT_PATH, http.delete(path, headers=auth))
     # The admin routes, on the second user.
     second = http.get(f"{url}/admin/users?email_prefix=second@", headers=auth).json()[0]
     pages = conforms("GET", "/admin/users", http.get(f"{url}/admin/users?limit=1", headers=auth))

@@ -64,8 +64,9 @@ def test_bearer_scheme_on_protected_operations_only(app: web.Application) -> Non
             continue
         op = doc["paths"][route.resource.canonical][route.method.lower()]
         if getattr(route.handler, "authsvc_public", False):
-            assert op["security"] in ([], [{openapi.BASIC: []}]), route
-            assert "401" not in op["responses"] or route.resource.canonical in ("/auth", "/auth/introspect")
+            # /auth/token: client_secret_basic is one way a client may authenticate, so optional.
+            assert op["security"] in ([], [{openapi.BASIC: []}], [{}, {openapi.CLIENT_BASIC: []}]), route
+            assert "401" not in op["responses"] or route.resource.canonical in ("/auth", "/auth/introspect", "/auth/token")
         else:
             assert op["security"] == [{openapi.BEARER: []}], route
             assert op["responses"]["401"] == {"$ref": "#/components/responses/Unauthorized"}
@@ -80,7 +81,6 @@ def test_request_schemas_are_the_validating_ones(app: web.Application) -> None:
         ("POST", "/users"): users.signup_schema,
         ("PATCH", "/users/me"): users.patch_schema,
         ("POST", "/users/me/password"): users.password_schema,
-        ("POST", "/auth"): auth.login_schema,
         ("POST", "/auth/refresh"): auth.refresh_schema,
         ("POST", "/todos"): todos.create_schema,
         ("PUT", "/todos/{id}"): todos.put_schema,
@@ -90,6 +90,12 @@ def test_request_schemas_are_the_validating_ones(app: web.Application) -> None:
         body = doc["paths"][path][method.lower()]["requestBody"]["content"]["application/json"]["schema"]
         name = type(schema).__name__.removesuffix("Schema")
         assert body == {"$ref": f"#/components/schemas/{name}"}
+        assert set(doc["components"]["schemas"][name]["properties"]) == set(schema.fields)
+    # POST /auth takes a user's login or a client's credentials.
+    body = doc["paths"]["/auth"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"oneOf": [{"$ref": "#/components/schemas/Login"}, {"$ref": "#/components/schemas/ClientLogin"}]}
+    for schema in (auth.login_schema, auth.client_login_schema):
+        name = type(schema).__name__.removesuffix("Schema")
         assert set(doc["components"]["schemas"][name]["properties"]) == set(schema.fields)
 
 
@@ -104,11 +110,12 @@ async def test_served_document(make_client) -> None:
     assert doc["servers"] == [{"url": client.app[SETTINGS].public_url}]
 
 
-async def test_introspection_is_documented_only_when_enabled(client) -> None:
-    """Without clients /auth/introspect answers 404 to all, so the served document omits it."""
+async def test_introspection_is_documented_without_configured_clients(client) -> None:
+    """Registered clients may introspect, so /auth/introspect is always there (it was 404 and
+    left out of the document while only AUTHSVC_INTROSPECTION_CLIENTS could use it)."""
     doc = await (await client.get("/openapi.json")).json()
-    assert documented(doc) == openapi.routes_of(client.app) - {openapi.INTROSPECTION}
-    assert (await client.post("/auth/introspect", data={"token": "x"})).status == 404
+    assert documented(doc) == openapi.routes_of(client.app)
+    assert (await client.post("/auth/introspect", data={"token": "x"})).status == 401
 
 
 @settings(max_examples=100, deadline=None, database=None)
@@ -136,12 +143,14 @@ def test_accepted_emails_are_documented(email: str) -> None:
     assert re.fullmatch(openapi.EMAIL_PATTERN, email)
 
 
-async def test_with_the_password_grant_off_the_token_endpoint_offers_refresh_only(make_client) -> None:
+async def test_with_the_password_grant_off_the_token_endpoint_offers_no_password_grant(make_client) -> None:
+    # Clients' grant stays (and its throttle's 429), the password grant goes.
     client = await make_client(password_grant=False)
     doc = await (await client.get("/openapi.json")).json()
     body = doc["paths"]["/auth/token"]["post"]["requestBody"]["content"][openapi.FORM]["schema"]
-    assert body == {"$ref": "#/components/schemas/RefreshGrant"}
-    assert "429" not in doc["paths"]["/auth/token"]["post"]["responses"]
+    assert body == {
+        "oneOf": [{"$ref": "#/components/schemas/ClientCredentialsGrant"}, {"$ref": "#/components/schemas/RefreshGrant"}]
+    }
     on = await (await (await make_client()).get("/openapi.json")).json()
     assert "oneOf" in on["paths"]["/auth/token"]["post"]["requestBody"]["content"][openapi.FORM]["schema"]
 

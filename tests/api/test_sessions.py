@@ -380,6 +380,13 @@ AFTER_LOGOUT = [
     ("DELETE", f"/users/me/api-keys/{SOME_KEY}", None),
     ("GET", "/admin/users/{id}/api-keys", None),  # a scope the token lacks: still 401 first
     ("DELETE", f"/admin/users/{{id}}/api-keys/{SOME_KEY}", None),
+    ("POST", "/admin/clients", {"name": "x", "scopes": []}),
+    ("GET", "/admin/clients", None),
+    ("POST", "/admin/clients/999999/secrets", None),
+    ("POST", "/admin/clients/999999/secrets/retire", None),
+    ("POST", "/admin/clients/999999/disable", None),
+    ("POST", "/admin/clients/999999/enable", None),
+    ("DELETE", "/admin/clients/999999", None),
 ]
 
 
@@ -530,11 +537,15 @@ async def test_introspection_needs_a_service_credential(client, user, authorizat
     assert "active" not in await resp.json()
 
 
-async def test_introspection_is_not_there_without_configured_clients(make_client):
+async def test_introspection_without_configured_clients_needs_a_registered_one(make_client):
+    # It was 404 here while only AUTHSVC_INTROSPECTION_CLIENTS could introspect; registered
+    # clients (scope introspect) can now, so the endpoint is always there and asks who calls.
     plain = await make_client(introspection_clients=())
     await signup(plain, EMAIL)
     pair = await start_session(plain)
-    await assert_error(await introspect(plain, pair["access_token"]), 404, "not_found")
+    resp = await introspect(plain, pair["access_token"])
+    await assert_error(resp, 401, "invalid_client")
+    assert resp.headers["WWW-Authenticate"].startswith("Basic")
 
 
 # --- 10. revocation (RFC 7009) ---

@@ -6,15 +6,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from authsvc.appkeys import (
+    CLIENTS,
     CREDENTIALS,
     CURRENT_SESSION,
     CURRENT_USER,
     SCOPES,
     SESSIONS,
 )
-from authsvc.http.bodies import read_json, read_query
+from authsvc.errors import ClientUnauthorized, InvalidClient
+from authsvc.http.bodies import load, read_json, read_json_value, read_query
 from authsvc.http.middlewares import SESSION, public, requires
 from authsvc.http.schemas import (
+    ClientLoginSchema,
     LoginSchema,
     LogoutQuery,
     RefreshSchema,
@@ -25,6 +28,7 @@ routes = web.RouteTableDef()
 
 
 login_schema = LoginSchema()
+client_login_schema = ClientLoginSchema()
 refresh_schema = RefreshSchema()
 logout_query = LogoutQuery()
 
@@ -32,11 +36,26 @@ logout_query = LogoutQuery()
 @routes.post("/auth")
 @public
 async def login(request: web.Request) -> web.Response:
-    data = await read_json(request, login_schema)
+    """A user's login; or, with client_id and client_secret, a client's own token."""
+    body = await read_json_value(request)
+    if isinstance(body, dict) and "client_id" in body:
+        return await _client_login(request, load(client_login_schema, body))
+    data = load(login_schema, body)
     requested = request.app[SCOPES].parse(data.get("scope"))  # bad input: before any attempt
     identifier = data.get("username", data.get("email"))
     user = await request.app[CREDENTIALS].authenticate(identifier, data["password"], client_address(request))
     return tokens_response(await request.app[SESSIONS].start(user, requested))
+
+
+async def _client_login(request: web.Request, data: dict[str, str]) -> web.Response:
+    requested = request.app[SCOPES].parse(data.get("scope"))  # bad input: before any attempt
+    clients = request.app[CLIENTS]
+    try:
+        client = await clients.authenticate_secret(data["client_id"], data["client_secret"], client_address(request))
+    except InvalidClient:
+        raise ClientUnauthorized() from None  # this route's errors are {error, message}, not RFC 6749's
+
+    return tokens_response(clients.issue(client, requested))
 
 
 @routes.post("/auth/refresh")
