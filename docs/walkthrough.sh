@@ -68,6 +68,18 @@ call 200 curl -X PUT "$BASE/todos/$TODO" -H "$AUTH" -H "$JSON" \
      -d '{"text": "read docs/api.md", "completed": false}'
 call 204 curl -X DELETE "$BASE/todos/$TODO" -H "$AUTH"
 
+# An API key, for a script: it acts for the user with its own scopes (here todos only), is
+# shown once, and stops working the moment it is deleted. It cannot make keys or log out.
+call 201 curl -X POST "$BASE/users/me/api-keys" -H "$AUTH" -H "$JSON" \
+     -d '{"name": "backup script", "scopes": ["todos"]}'
+KEY="Authorization: Bearer $(field key)"
+KEY_ID=$(field id)
+call 200 curl "$BASE/todos" -H "$KEY"
+call 403 curl "$BASE/users/me" -H "$KEY"
+call 200 curl "$BASE/users/me/api-keys" -H "$AUTH"
+call 204 curl -X DELETE "$BASE/users/me/api-keys/$KEY_ID" -H "$AUTH"
+call 401 curl "$BASE/todos" -H "$KEY"
+
 # Before the access token runs out (15 minutes): a new pair. A refresh token works once,
 # so from here on the new pair is used. OAuth2 client libraries refresh at /auth/token.
 call 200 curl -X POST "$BASE/auth/refresh" -H "$JSON" -d "{\"refresh_token\": \"$REFRESH\"}"

@@ -42,6 +42,12 @@ EXPECTED = [
     "200 PATCH /todos/{id}",
     "200 PUT /todos/{id}",
     "204 DELETE /todos/{id}",
+    "201 POST /users/me/api-keys",
+    "200 GET /todos",
+    "403 GET /users/me",
+    "200 GET /users/me/api-keys",
+    "204 DELETE /users/me/api-keys/{key}",
+    "401 GET /todos",
     "200 POST /auth/refresh",
     "200 POST /auth/token",
     "204 POST /users/me/password",
@@ -121,6 +127,7 @@ async def test_the_walkthrough_runs_against_a_real_server(databases, tmp_path, d
         code, out, err = await run_walkthrough(served.base, tmp_path)
         assert (code, err) == (0, ""), f"the walkthrough failed (exit {code}):\n{out}{err}"
         ids = [re.sub(r"/todos/\d+\b", "/todos/{id}", line) for line in out.splitlines()]
+        ids = [re.sub(r"/api-keys/[0-9a-f-]{36}\b", "/api-keys/{key}", line) for line in ids]
         calls = [re.sub(r"(?<=after=)\d+", "{id}", line) for line in ids]
         assert calls == EXPECTED
 
