@@ -55,7 +55,11 @@ f. memory: resident size (VmRSS) of each worker process (the spawned children of
    and, to tell a leak from the first settling to the mix, from a tenth of the way in
    (RSS is sampled every 10 s, all in the JSON). Target: 5%.
 
-`--only` runs some of these: logins (a, b, b2), reads (c), loop (d), memory (f). With reads
+g. service identities (bench/identities.py): client_credentials tokens per second with a
+   secret and with private_key_jwt, and GET /users/me by API key against the same by access
+   token in alternating rounds. Target: an API-key request costs at most 1.2x.
+
+`--only` runs some of these: logins (a, b, b2), reads (c), loop (d), memory (f), identities (g). With reads
 alone (`--only reads`, the quick comparison) authsvc runs at bcrypt cost 4, which no read
 touches, so seeding the users takes seconds.
 
@@ -97,6 +101,7 @@ import bcrypt
 
 from authsvc.settings import Settings
 
+from . import identities
 from .reference import reference
 from .server import Service, authsvc_service, bare_server, percentile, rss_kib
 from .tutorial import token as tutorial_token
@@ -113,7 +118,7 @@ WARMUP = 2.0
 LOGIN_WARMUP = 2.0
 PASSWORD = "a benchmark user's passphrase"
 READ_PATHS = ("/users/me", "/todos")
-SECTIONS = ("logins", "reads", "loop", "memory")  # --only: a, b and b2; c; d; f
+SECTIONS = ("logins", "reads", "loop", "memory", "identities")  # --only: a, b and b2; c; d; f; g
 SETTINGS = {
     "AUTHSVC_BCRYPT_ROUNDS": str(BCRYPT_ROUNDS),
     # Budgets out of the way: the right password is always used, but each claim counts
@@ -649,6 +654,13 @@ async def run_one(workers: int, args: argparse.Namespace, mode: str) -> dict[str
         todo_token = tokens[emails[0]]
         await create_todos(service.base, todo_token, TODOS)
 
+        if "identities" in sections:
+            result["identities"] = await identities.measure(
+                service.base, service.database_url(), emails, tokens, PASSWORD, seconds,
+                lambda targets: compare_reads(Client(mode, args.connections[0]), targets, seconds),
+                lambda message: log(f"{tag}: {message}"),
+            )
+
         if sections & {"reads", "loop", "memory"}:
             async with aiohttp.ClientSession() as http, http.get(service.base + "/.well-known/jwks.json") as resp:
                 jwks = await resp.json()
@@ -752,6 +764,8 @@ def rows_for(r: dict[str, Any]) -> list[Row]:
             for p in ("p50", "p99"):
                 rows.append(Row(f"{wc} GET {path} {p} ms", ours[f"{p}_ms"], ref[f"{p}_ms"], "Ed25519 ref", "pct",
                                 "<= 110%", ours[f"{p}_ms"] <= 1.1 * ref[f"{p}_ms"]))
+    if "identities" in r:
+        rows += identities.rows(r["identities"], Row, r["workers"])
     if "loop" in r:
         loop = r["loop"]
         busy, quiet = loop["during_logins"]["p99_ms"], loop["quiet"]["p99_ms"]
