@@ -257,9 +257,13 @@ async def test_password_grant_missing_parameter_is_invalid_request(client, missi
 
 async def test_other_grant_types_are_unsupported(client):
     await signup(client, "owner@example.com")
-    pairs = [("grant_type", "client_credentials"), ("username", "owner@example.com"), ("password", PASSWORD)]
+    pairs = [("grant_type", "authorization_code"), ("username", "owner@example.com"), ("password", PASSWORD)]
     resp = await client.post("/auth/token", data=form(pairs), headers=FORM)
     await assert_error(resp, 400, "unsupported_grant_type")
+    # client_credentials is supported now (test_clients.py): a user's password is no client's.
+    pairs[0] = ("grant_type", "client_credentials")
+    resp = await client.post("/auth/token", data=form(pairs), headers=FORM)
+    await assert_error(resp, 401, "invalid_client")
 
 
 async def test_password_grant_refuses_a_json_body(client):
