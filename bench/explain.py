@@ -17,12 +17,14 @@ time there).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -32,7 +34,9 @@ from authsvc.auth.sessions import KEEP_ENDED
 from authsvc.auth.throttle.logins import prunes
 from authsvc.auth.throttle.policy import Limits
 from authsvc.db.repo import (
+    api_keys,
     auth_events,
+    clients,
     known_addresses,
     login_backoff,
     login_budgets,
@@ -44,15 +48,18 @@ from authsvc.http.schemas import MAX_OFFSET
 from authsvc.settings import Settings
 
 # Tables that grow with use: a plan that reads one of them whole is what this looks for.
+# (clients and client_secrets grow only with an operator's registrations and rotations,
+# but a request reads them: they are held to the same rule.)
 TABLES = frozenset({
     "users", "todos", "sessions", "refresh_tokens", "login_backoff", "login_budgets",
-    "login_known_addresses", "auth_events",
+    "login_known_addresses", "auth_events", "api_keys", "client_assertions", "client_secrets",
+    "clients",
 })
 
 
 @dataclass(frozen=True)
 class Statement:
-    path: str  # what runs it: "login", "request", "refresh", "signup", "account", "prune", ...
+    path: str  # what runs it: "login", "request", "token", "refresh", "signup", "account", "prune", ...
     function: str  # the repo function, module.name
     sql: str
     args: tuple[Any, ...]
@@ -144,6 +151,12 @@ async def exercise(conn: asyncpg.Connection, s: Sample, settings: Settings | Non
     live = session_repo.LiveSession(s.session_id, s.user_id, idle)
     grace = timedelta(seconds=settings.refresh_reuse_grace)
     new_session = uuid.uuid4()
+    # A client with a secret and an API key of the sample user, made by their own inserts
+    # below (so a database that has none, like bench/scale.py's, is planned all the same).
+    client_id = "cl_" + secrets.token_hex(8)
+    secret_hash = hashlib.sha256(secrets.token_bytes(32)).digest()
+    key_id = uuid.uuid4()
+    key_hash = hashlib.sha256(secrets.token_bytes(32)).digest()
 
     def step(path: str, function: str, hot: bool = True, run: bool = True) -> Recorder:
         rec.path, rec.function, rec.hot, rec.run = path, function, hot, run
@@ -226,7 +239,35 @@ async def exercise(conn: asyncpg.Connection, s: Sample, settings: Settings | Non
         ("admin", "users.select_page (by email prefix, after an id)", True, True,
          lambda c: users.select_page(c, s.email[:3], s.user_id, 50)),
         ("admin", "users.select_by_id", True, True, lambda c: users.select_by_id(c, s.user_id, lock=True)),
-        # Operator commands: rare, and allowed a whole table.
+        # Service identities: a client registered by an operator, a user's API key.
+        ("operator", "clients.insert", False, True,
+         lambda c: clients.insert(c, client_id, f"planned {client_id}", ["todos"], "client_secret", None, None,
+                                  300)),
+        ("operator", "clients.insert_secret", False, True, lambda c: clients.insert_secret(c, client_id, secret_hash)),
+        ("account", "api_keys.insert", True, True,
+         lambda c: api_keys.insert(c, key_id, s.user_id, "planned", "ak_planned", key_hash, ["todos"],
+                                   timedelta(days=30), 20)),
+        ("account", "api_keys.select_of_user", True, True, lambda c: api_keys.select_of_user(c, s.user_id)),
+        # The token endpoint (a client's secret; or its private_key_jwt client, then the
+        # assertion's jti), a client's token on every request, an API key on every request,
+        # and the loop that records the keys' last use in batches.
+        ("token", "clients.select_with_secrets", True, True, lambda c: clients.select_with_secrets(c, client_id)),
+        ("token", "clients.select", True, True, lambda c: clients.select(c, client_id)),
+        ("token", "clients.insert_assertion", True, True,
+         lambda c: clients.insert_assertion(c, client_id, uuid.uuid4().hex,
+                                            datetime.now(UTC) + timedelta(minutes=5))),
+        ("request", "clients.select_live_scopes", True, True, lambda c: clients.select_live_scopes(c, client_id)),
+        ("request", "api_keys.select_usable", True, True, lambda c: api_keys.select_usable(c, key_hash)),
+        ("flush", "api_keys.record_use", True, True,
+         lambda c: api_keys.record_use(c, [key_id], [datetime.now(UTC)])),
+        ("account", "api_keys.delete", True, True, lambda c: api_keys.delete(c, s.user_id, key_id)),
+        # Operator commands (the admin API's clients, `authsvc clients`): rare, and allowed a
+        # whole table.
+        ("operator", "clients.select_all", False, True, lambda c: clients.select_all(c)),
+        ("operator", "clients.retire_older_secrets", False, True,
+         lambda c: clients.retire_older_secrets(c, client_id)),
+        ("operator", "clients.set_disabled", False, True, lambda c: clients.set_disabled(c, client_id, True)),
+        ("operator", "clients.delete", False, True, lambda c: clients.delete(c, client_id)),
         ("operator", "users.set_disabled", False, True, lambda c: users.set_disabled(c, s.user_id, False)),
         ("operator", "users.set_roles", False, True, lambda c: users.set_roles(c, s.user_id, ["user"])),
         ("operator", "auth_events.insert_admin", False, True,
@@ -250,6 +291,7 @@ async def exercise(conn: asyncpg.Connection, s: Sample, settings: Settings | Non
     # The housekeeping loops' prunes, with the ages they pass: recorded, not run (each of
     # their batches commits, so they run outside a transaction).
     await session_repo.prune(step("prune", "sessions.prune", run=False), KEEP_ENDED)
+    await clients.prune_assertions(step("prune", "clients.prune_assertions", run=False))
     for name, prune in prunes(lim).items():
         await prune(step("prune", f"{name}.prune", run=False))
     return rec.statements
