@@ -9,8 +9,6 @@ transaction as the change.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -30,7 +28,6 @@ from authsvc.db.repo import auth_events
 from authsvc.db.repo import clients as client_repo
 from authsvc.db.repo.clients import Client
 from authsvc.errors import (
-    Busy,
     ClientHasNoSecrets,
     ClientNameTaken,
     InvalidClient,
@@ -123,9 +120,8 @@ class Clients:
         backoff otherwise, the same for an unknown client as for a wrong secret."""
         if not ID_SHAPE.fullmatch(client_id):
             raise InvalidClient()  # no client has such an id: nothing to guess, nothing to count
-        throttle = self._throttle
-        attempt = await throttle.acquire(THROTTLE_PREFIX + client_id, address)
-        try:
+
+        async def check() -> Client | None:
             async with self._pool.acquire() as conn:
                 found = await client_repo.select_with_secrets(conn, client_id)
             client, digests = found if found is not None else (None, [])
@@ -133,25 +129,13 @@ class Clients:
             matched = False
             for digest in digests or [DUMMY_DIGEST]:  # every one compared: no early exit to time
                 matched |= hmac.compare_digest(presented, digest)
-            ok = (
-                matched
-                and client is not None
-                and client.disabled_at is None
-                and client.auth_method == SECRET_METHOD
-            )
-            if ok:
-                await attempt.succeeded()
-            else:
-                delay = await attempt.failed()
-        except BaseException as exc:
-            # No verdict (database trouble): the claim is given back, as for a user's login.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(throttle.abandon(attempt, "busy" if isinstance(exc, Busy) else "error"))
-            raise
-        if ok and client is not None:
-            return client
-        await throttle.delay(delay)
-        raise InvalidClient()
+            usable = client is not None and client.disabled_at is None and client.auth_method == SECRET_METHOD
+            return client if matched and usable else None
+
+        client = await self._throttle.judged(THROTTLE_PREFIX + client_id, address, check)
+        if client is None:
+            raise InvalidClient()
+        return client
 
     async def authenticate_assertion(self, assertion: str, client_id: str | None, address: str) -> Client:
         """private_key_jwt (RFC 7523 3): the enabled client that signed this assertion, which
@@ -160,24 +144,16 @@ class Clients:
         claimed = assertions.unverified_client_id(assertion)
         if claimed is None or not ID_SHAPE.fullmatch(claimed) or client_id not in (None, claimed):
             raise InvalidClient()  # names no client: nothing to count it against
-        throttle = self._throttle
-        attempt = await throttle.acquire(THROTTLE_PREFIX + claimed, address)
-        try:
+
+        async def check() -> Client | None:
             async with self._pool.acquire() as conn:
                 client = await client_repo.select(conn, claimed)
-            ok = await self._assertion_holds(assertion, client) if client is not None else False
-            if ok:
-                await attempt.succeeded()
-            else:
-                delay = await attempt.failed()
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(throttle.abandon(attempt, "busy" if isinstance(exc, Busy) else "error"))
-            raise
-        if ok and client is not None:
-            return client
-        await throttle.delay(delay)
-        raise InvalidClient()
+            return client if client is not None and await self._assertion_holds(assertion, client) else None
+
+        client = await self._throttle.judged(THROTTLE_PREFIX + claimed, address, check)
+        if client is None:
+            raise InvalidClient()
+        return client
 
     async def _assertion_holds(self, assertion: str, client: Client) -> bool:
         if client.disabled_at is not None or client.auth_method != JWT_METHOD:

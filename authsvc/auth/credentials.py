@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from authsvc.auth.passwords import PasswordHasher
@@ -56,32 +54,22 @@ class Credentials:
         check against a dummy hash, the same delay and the same error.
         """
         hasher = self._hasher
-        throttle = self._throttle
-        attempt = await throttle.acquire(identifier, address)
-        try:
+
+        async def check() -> User | None:
             async with self._pool.acquire() as conn:
                 user = await users.select_by_email(conn, identifier)
             # The connection is back in the pool before the slow part.
             ok = await hasher.verify(password, user.password_hash if user else None)
             # A disabled account answers as a wrong password does, after the same bcrypt check, and
             # counts as a failure: a refusal that spared the backoff would confirm the password.
-            ok = ok and user is not None and user.disabled_at is None
-            if ok:
-                await attempt.succeeded()
-            else:
-                delay = await attempt.failed()
-        except BaseException as exc:
-            # No verdict recorded (hash queue full, database trouble): give the claim back, now
-            # or once the database is back, so that it counts as no attempt at all.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(throttle.abandon(attempt, "busy" if isinstance(exc, Busy) else "error"))
-            raise
-        if ok and user is not None:
-            if hasher.needs_rehash(user.password_hash):
-                await self._upgrade_hash(user, password)
-            return user
-        await throttle.delay(delay)
-        raise InvalidCredentials()
+            return user if ok and user is not None and user.disabled_at is None else None
+
+        user = await self._throttle.judged(identifier, address, check)
+        if user is None:
+            raise InvalidCredentials()
+        if hasher.needs_rehash(user.password_hash):
+            await self._upgrade_hash(user, password)
+        return user
 
     async def _upgrade_hash(self, user: User, password: str) -> None:
         """Re-hash at the configured cost after the cost setting changed; best effort."""

@@ -9,10 +9,12 @@ pair), outage.py (claims to give back later), claims.py (the rows, in the lock o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 import asyncpg
 
@@ -31,7 +33,7 @@ from authsvc.auth.throttle.policy import Limits, normalise
 from authsvc.auth.throttle.queue import HELD_POLL, Pair, PairQueue, QueueFull
 from authsvc.db.pool import UNAVAILABLE_ERRORS, Database, NotReady, in_transaction
 from authsvc.db.repo import auth_events, known_addresses, login_backoff, login_budgets
-from authsvc.errors import TooManyAttempts
+from authsvc.errors import Busy, TooManyAttempts
 
 PRUNE_EVERY = 300.0
 
@@ -45,6 +47,9 @@ def prunes(lim: Limits) -> dict[str, Callable[[asyncpg.Connection], Awaitable[in
         "known_addresses": lambda conn: known_addresses.prune(conn, lim.known_address_age),
         "auth_events": lambda conn: auth_events.prune(conn, lim.events_kept),
     }
+
+
+T = TypeVar("T")
 
 
 class LoginThrottle:
@@ -174,6 +179,26 @@ class LoginThrottle:
                 self.outage.later(attempt, "error")
             raise
         return attempt
+
+    async def judged(self, identifier: str, address: str, check: Callable[[], Awaitable[T | None]]) -> T | None:
+        """One attempt under the throttle, for every kind of credential (a user's password, a
+        client's secret or assertion): `check` gives what the credential proves, or None. Its
+        verdict is recorded; a failure's backoff is awaited before None is returned; a check
+        that raised (hash queue full, database trouble) gets no verdict, and its claim is given
+        back, now or once the database is back, so that it counts as no attempt at all."""
+        attempt = await self.acquire(identifier, address)
+        try:
+            found = await check()
+            if found is not None:
+                await attempt.succeeded()
+                return found
+            delay = await attempt.failed()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.abandon(attempt, "busy" if isinstance(exc, Busy) else "error"))
+            raise
+        await self.delay(delay)
+        return None
 
     async def abandon(self, attempt: Attempt, outcome: str) -> None:
         """Give back a claim that got no verdict; if the database is away, as soon as it is back.
