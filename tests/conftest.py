@@ -43,12 +43,13 @@ from aiohttp import (
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from helpers import PASSWORD, bearer, login, signup
+from helpers import PASSWORD, bearer, login, operator_env, signup
 from servers import SERVER_LOGS
 
 from authsvc.app import create_app
 from authsvc.appkeys import SETTINGS
 from authsvc.auth.keyring import KeyFile
+from authsvc.cli import main as cli
 from authsvc.db import embedded, migrate
 from authsvc.observability.logs import JsonFormatter
 from authsvc.settings import Settings
@@ -444,3 +445,24 @@ async def user_token(client: TestClient) -> str:
 @pytest.fixture
 async def auth(user_token: str) -> dict[str, str]:
     return bearer(user_token)
+
+
+@pytest.fixture
+def authsvc(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., Awaitable[tuple[int, str, str]]]:
+    """`authsvc ARGS` in this process (on a thread: it runs its own event loop), with an
+    operator's environment (helpers.operator_env); (code, out, err)."""
+    for var in [v for v in os.environ if v.startswith("AUTHSVC_") and not v.startswith("AUTHSVC_TEST_")]:
+        monkeypatch.delenv(var)
+    for var, value in operator_env(settings, tmp_path).items():
+        if var.startswith("AUTHSVC_"):
+            monkeypatch.setenv(var, value)
+
+    async def call(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(cli.main, list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call

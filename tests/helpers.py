@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
@@ -12,6 +13,22 @@ import aiohttp
 from aiohttp.test_utils import TestClient
 
 PASSWORD = "correct horse battery staple"
+
+
+def operator_env(settings: Any, data_dir: Any, **extra: str) -> dict[str, str]:
+    """What an operator's shell would hold: the service's database, pepper and bcrypt cost."""
+    assert settings.database_url and settings.password_pepper
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
+    env.update(
+        AUTHSVC_DATABASE_URL=settings.database_url,
+        AUTHSVC_PASSWORD_PEPPER=settings.password_pepper,
+        AUTHSVC_BCRYPT_ROUNDS=str(settings.bcrypt_rounds),
+        AUTHSVC_DATA_DIR=str(data_dir),
+    )
+    if settings.db_pgbouncer:  # AUTHSVC_TEST_PGBOUNCER: the commands go through it too
+        env.update(AUTHSVC_DB_PGBOUNCER="true", AUTHSVC_MIGRATE_DATABASE_URL=str(settings.migrate_url))
+    env.update(extra)
+    return env
 
 # The password policy's test data: the issue's common passwords, and an account whose own
 # words (email, local part, names) must be refused for it (see test_password_rule.py).

@@ -3,17 +3,11 @@ service: who may call it, what each action does at once, and the audit record it
 
 from __future__ import annotations
 
-import asyncio
-import os
-from pathlib import Path
-
 import jwt
 import pytest
 from helpers import PASSWORD, assert_error, bearer, login, signup
 
 from authsvc.appkeys import TOKENS
-from authsvc.cli import main as cli
-from authsvc.settings import Settings
 
 ADMIN = "root@example.com"
 VICTIM = "eve@example.com"
@@ -291,27 +285,6 @@ async def test_a_client_with_scope_admin_acts_as_itself(client, db):
 # --- the operator's commands: the same service, recorded as `operator` ---
 
 
-@pytest.fixture
-def authsvc(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
-    """`authsvc ARGS` in this process (on a thread: it runs its own event loop); (code, out, err)."""
-    for var in [v for v in os.environ if v.startswith("AUTHSVC_") and not v.startswith("AUTHSVC_TEST_")]:
-        monkeypatch.delenv(var)
-    assert settings.database_url and settings.password_pepper
-    monkeypatch.setenv("AUTHSVC_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("AUTHSVC_PASSWORD_PEPPER", settings.password_pepper)
-    monkeypatch.setenv("AUTHSVC_BCRYPT_ROUNDS", str(settings.bcrypt_rounds))
-    monkeypatch.setenv("AUTHSVC_DATA_DIR", str(tmp_path))
-    if settings.db_pgbouncer:
-        monkeypatch.setenv("AUTHSVC_DB_PGBOUNCER", "true")
-        monkeypatch.setenv("AUTHSVC_MIGRATE_DATABASE_URL", str(settings.migrate_url))
-
-    async def call(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = await asyncio.to_thread(cli.main, list(args))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
 
 
 async def test_the_first_admin_is_made_on_the_command_line(client, authsvc, db):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import secrets
 import time
 import urllib.parse
@@ -20,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from helpers import PASSWORD, assert_error, bearer, signup
 
 from authsvc.appkeys import SETTINGS
-from authsvc.cli import main as cli
 
 ADMIN = "root@example.com"
 TOKEN_FORM = {"grant_type": "client_credentials"}
@@ -363,24 +361,6 @@ async def test_metadata_names_the_client_methods_and_scopes(client):
 # --- `authsvc clients` ---
 
 
-@pytest.fixture
-def authsvc(settings, tmp_path, monkeypatch, capsys):
-    """`authsvc ARGS` in this process (on a thread: it runs its own event loop); (code, out, err)."""
-    for var in [v for v in os.environ if v.startswith("AUTHSVC_") and not v.startswith("AUTHSVC_TEST_")]:
-        monkeypatch.delenv(var)
-    monkeypatch.setenv("AUTHSVC_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("AUTHSVC_DATA_DIR", str(tmp_path))
-    if settings.db_pgbouncer:
-        monkeypatch.setenv("AUTHSVC_DB_PGBOUNCER", "true")
-        monkeypatch.setenv("AUTHSVC_MIGRATE_DATABASE_URL", str(settings.migrate_url))
-
-    async def call(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = await asyncio.to_thread(cli.main, list(args))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
 
 
 async def test_the_clients_commands_run_the_service_code(client, authsvc, db, tmp_path):

@@ -4,43 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
-from helpers import PASSWORD, assert_error, bearer, login, signup
+from helpers import PASSWORD, assert_error, bearer, login, operator_env, signup
 
 from authsvc import settings as config
 from authsvc.appkeys import HASHER, SESSIONS
 from authsvc.appkeys import POOL as POOL_KEY
 from authsvc.cli import main as cli
 from authsvc.db.repo import users
-from authsvc.settings import Settings
 
 COMMAND = [sys.executable, "-m", "authsvc"]
 EMAIL = "ada@example.com"
 WRONG = "not the right password"
 BEHIND_LOCAL_PROXY = (ipaddress.ip_network("127.0.0.1/32"),)
-
-
-def _env(settings: Settings, tmp_path: Path, **extra: str) -> dict[str, str]:
-    """What an operator's shell would hold: the service's database, pepper and bcrypt cost."""
-    assert settings.database_url and settings.password_pepper
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
-    env.update(
-        AUTHSVC_DATABASE_URL=settings.database_url,
-        AUTHSVC_PASSWORD_PEPPER=settings.password_pepper,
-        AUTHSVC_BCRYPT_ROUNDS=str(settings.bcrypt_rounds),
-        AUTHSVC_DATA_DIR=str(tmp_path),
-    )
-    if settings.db_pgbouncer:  # AUTHSVC_TEST_PGBOUNCER: the commands go through it too
-        env.update(AUTHSVC_DB_PGBOUNCER="true", AUTHSVC_MIGRATE_DATABASE_URL=str(settings.migrate_url))
-    env.update(extra)
-    return env
 
 
 async def run(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int, str, str]:
@@ -58,22 +39,6 @@ async def run(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int, st
     return proc.returncode, out.decode(), err.decode()
 
 
-@pytest.fixture
-def authsvc(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
-    """`authsvc ARGS` in this process (on a thread: it runs its own event loop); (code, out, err)."""
-    for var in [v for v in os.environ if v.startswith("AUTHSVC_") and not v.startswith("AUTHSVC_TEST_")]:
-        monkeypatch.delenv(var)
-    for var, value in _env(settings, tmp_path).items():
-        if var.startswith("AUTHSVC_"):
-            monkeypatch.setenv(var, value)
-
-    async def call(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = await asyncio.to_thread(cli.main, list(args))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
 
 
 async def answer(client: TestClient, password: str, forwarded_for: str | None = None) -> tuple[int, Any]:
@@ -87,7 +52,7 @@ async def answer(client: TestClient, password: str, forwarded_for: str | None = 
 
 async def test_a_user_created_on_the_command_line_logs_in_over_http(client, settings, tmp_path):
     args = ["users", "create", EMAIL, "--first-name", "Ada", "--password-stdin"]
-    code, out, err = await run(_env(settings, tmp_path), *args, stdin=PASSWORD + "\n")
+    code, out, err = await run(operator_env(settings, tmp_path), *args, stdin=PASSWORD + "\n")
     assert code == 0, err
     assert out.startswith(f"authsvc: created user 1 {EMAIL}") and PASSWORD not in out + err
     token = await login(client, EMAIL)  # hashed with the service's pepper at its cost
@@ -97,7 +62,7 @@ async def test_a_user_created_on_the_command_line_logs_in_over_http(client, sett
 
 async def test_create_applies_the_signup_rules(client, settings, tmp_path):
     await signup(client, "taken@example.com")
-    env = _env(settings, tmp_path)
+    env = operator_env(settings, tmp_path)
     # Case-insensitive duplicate: ran, but could not do it.
     code, out, err = await run(env, "users", "create", "TAKEN@example.com", "--password-stdin", stdin=PASSWORD)
     assert (code, out) == (1, "") and err == "authsvc: a user with email TAKEN@example.com exists already\n"
@@ -127,7 +92,7 @@ async def test_create_applies_the_signup_rules(client, settings, tmp_path):
 
 async def test_create_refuses_a_guessable_password_in_one_line(settings, tmp_path, db):
     """The password policy of POST /users, reached through the same Accounts.signup."""
-    env = _env(settings, tmp_path)
+    env = operator_env(settings, tmp_path)
     for args, password, message in [
         ([EMAIL], "Password1", "authsvc: password: This password is too easy to guess. This is a very common"),
         ([EMAIL, "--last-name", "Quillfeather"], "Quillfeather", "authsvc: password: This password is made from"),
@@ -147,7 +112,7 @@ async def test_disable_ends_every_session_and_login_answers_as_a_wrong_password(
     wrong = await answer(client, WRONG)
     assert wrong[0] == 401
 
-    code, out, err = await run(_env(settings, tmp_path), "users", "disable", EMAIL)
+    code, out, err = await run(operator_env(settings, tmp_path), "users", "disable", EMAIL)
     assert code == 0, err
     assert out == f"authsvc: user 1 {EMAIL} disabled; 2 session(s) ended\n"
 
@@ -175,7 +140,7 @@ async def test_disable_ends_every_session_and_login_answers_as_a_wrong_password(
     resp = await client.post("/auth/refresh", json={"refresh_token": late["refresh_token"]})
     await assert_error(resp, 400, "invalid_grant")
 
-    code, out, _ = await run(_env(settings, tmp_path), "users", "disable", EMAIL.upper())
+    code, out, _ = await run(operator_env(settings, tmp_path), "users", "disable", EMAIL.upper())
     # Disabling again is harmless, and ends what a session like that left behind.
     assert code == 0 and "already disabled since" in out and "1 session(s) ended" in out
 
@@ -223,9 +188,9 @@ async def test_disable_and_enable_find_the_account_by_a_look_alike_spelling(clie
 
 async def test_create_refuses_a_look_alike_of_an_account(client, settings, tmp_path):
     await signup(client, EMAIL)
-    code, _, err = await run(_env(settings, tmp_path), "users", "create", "ａｄａ@example.com", "--password-stdin", stdin=PASSWORD)
+    code, _, err = await run(operator_env(settings, tmp_path), "users", "create", "ａｄａ@example.com", "--password-stdin", stdin=PASSWORD)
     assert (code, err) == (1, "authsvc: a user with email ada@example.com exists already\n")
-    code, _, err = await run(_env(settings, tmp_path), "users", "create", "ada\u200b@example.com", "--password-stdin", stdin=PASSWORD)
+    code, _, err = await run(operator_env(settings, tmp_path), "users", "create", "ada\u200b@example.com", "--password-stdin", stdin=PASSWORD)
     assert code == 2 and err.startswith("authsvc: EMAIL: Not a valid email address. Must not contain invisible"), err
 
 
@@ -325,7 +290,7 @@ def _secret() -> str:
 async def test_settings_show_every_setting_and_no_secret(settings, tmp_path):
     db_password, query_password = _secret(), _secret()
     secret_values = [db_password, query_password, _secret(), _secret(), _secret(), _secret()]
-    env = _env(
+    env = operator_env(
         settings,
         tmp_path,
         AUTHSVC_DATABASE_URL=f"postgresql://authsvc:{db_password}@db.internal:5432/auth?password={query_password}",
@@ -371,7 +336,7 @@ def _assert_no_secret(output: str, values: list[str]) -> None:
 
 
 async def test_settings_refuse_a_bad_environment_like_serve(settings, tmp_path):
-    code, out, err = await run(_env(settings, tmp_path, AUTHSVC_THROTTLE_MEMORY_MS="forever"), "settings")
+    code, out, err = await run(operator_env(settings, tmp_path, AUTHSVC_THROTTLE_MEMORY_MS="forever"), "settings")
     assert (code, out) == (2, "") and err.startswith("authsvc: AUTHSVC_THROTTLE_MEMORY_MS: must be a whole number")
 
 
