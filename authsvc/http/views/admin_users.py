@@ -7,26 +7,16 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from authsvc.appkeys import PRINCIPAL, USER_ADMIN
-from authsvc.auth.ids import parse_id
-from authsvc.errors import NotFound
 from authsvc.http.answers import json_response
 from authsvc.http.bodies import read_json, read_query
 from authsvc.http.middlewares import ANY, requires
 from authsvc.http.schemas import AdminUserListQuery, RolesSchema, admin_user_json
-from authsvc.http.views.common import client_address
+from authsvc.http.views.common import client_address, path_id
 
 routes = web.RouteTableDef()
 
 list_query = AdminUserListQuery()
 roles_schema = RolesSchema()
-
-
-def _user_id(request: web.Request) -> int:
-    # Malformed and out-of-range ids name no user: 404, as for todos.
-    user_id = parse_id(request.match_info["id"])
-    if user_id is None:
-        raise NotFound("No such user.")
-    return user_id
 
 
 def next_link(last_id: int, limit: int, email_prefix: str | None) -> str:
@@ -51,35 +41,36 @@ async def list_users(request: web.Request) -> web.Response:
 @routes.get("/admin/users/{id}")
 @requires("admin", subjects=ANY)
 async def get_user(request: web.Request) -> web.Response:
-    user = await request.app[USER_ADMIN].get(_user_id(request))
+    user = await request.app[USER_ADMIN].get(path_id(request, "user"))
     return json_response(admin_user_json(user))
 
 
 @routes.post("/admin/users/{id}/disable")
 @requires("admin", subjects=ANY)
 async def disable_user(request: web.Request) -> web.Response:
-    change = await request.app[USER_ADMIN].disable(request[PRINCIPAL], _user_id(request), client_address(request))
+    user_id = path_id(request, "user")
+    change = await request.app[USER_ADMIN].disable(request[PRINCIPAL], user_id, client_address(request))
     return json_response(admin_user_json(change.user))
 
 
 @routes.post("/admin/users/{id}/enable")
 @requires("admin", subjects=ANY)
 async def enable_user(request: web.Request) -> web.Response:
-    change = await request.app[USER_ADMIN].enable(request[PRINCIPAL], _user_id(request), client_address(request))
+    change = await request.app[USER_ADMIN].enable(request[PRINCIPAL], path_id(request, "user"), client_address(request))
     return json_response(admin_user_json(change.user))
 
 
 @routes.delete("/admin/users/{id}")
 @requires("admin", subjects=ANY)
 async def delete_user(request: web.Request) -> web.Response:
-    await request.app[USER_ADMIN].delete(request[PRINCIPAL], _user_id(request), client_address(request))
+    await request.app[USER_ADMIN].delete(request[PRINCIPAL], path_id(request, "user"), client_address(request))
     return web.Response(status=204)
 
 
 @routes.put("/admin/users/{id}/roles")
 @requires("admin", subjects=ANY)
 async def set_roles(request: web.Request) -> web.Response:
-    user_id = _user_id(request)
+    user_id = path_id(request, "user")
     data = await read_json(request, roles_schema)
     change = await request.app[USER_ADMIN].set_roles(
         request[PRINCIPAL], user_id, data["roles"], client_address(request)

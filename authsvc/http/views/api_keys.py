@@ -7,13 +7,12 @@ import uuid
 from aiohttp import web
 
 from authsvc.appkeys import API_KEYS, CURRENT_USER, PRINCIPAL
-from authsvc.auth.ids import parse_id
 from authsvc.errors import NotFound
 from authsvc.http.answers import json_response
 from authsvc.http.bodies import read_json
 from authsvc.http.middlewares import ANY, SESSION, requires
 from authsvc.http.schemas import ApiKeyCreateSchema, api_key_json
-from authsvc.http.views.common import client_address
+from authsvc.http.views.common import client_address, path_id
 
 routes = web.RouteTableDef()
 
@@ -26,13 +25,6 @@ def _key_id(request: web.Request) -> uuid.UUID:
         return uuid.UUID(request.match_info["key_id"])
     except ValueError:
         raise NotFound("No such API key.") from None
-
-
-def _user_id(request: web.Request) -> int:
-    user_id = parse_id(request.match_info["id"])
-    if user_id is None:
-        raise NotFound("No such user.")
-    return user_id
 
 
 # A key cannot make, list or delete keys (SESSION): one leaked key must not become many.
@@ -67,7 +59,7 @@ async def delete_key(request: web.Request) -> web.Response:
 @routes.get("/admin/users/{id}/api-keys")
 @requires("admin", subjects=ANY)
 async def admin_list_keys(request: web.Request) -> web.Response:
-    keys = await request.app[API_KEYS].list(_user_id(request))
+    keys = await request.app[API_KEYS].list(path_id(request, "user"))
     if keys is None:
         raise NotFound("No such user.")
     return json_response([api_key_json(key) for key in keys])
@@ -77,7 +69,7 @@ async def admin_list_keys(request: web.Request) -> web.Response:
 @requires("admin", subjects=ANY)
 async def admin_delete_key(request: web.Request) -> web.Response:
     deleted = await request.app[API_KEYS].delete(
-        _user_id(request), _key_id(request), actor=request[PRINCIPAL].actor, address=client_address(request)
+        path_id(request, "user"), _key_id(request), actor=request[PRINCIPAL].actor, address=client_address(request)
     )
     if not deleted:
         raise NotFound("No such API key.")

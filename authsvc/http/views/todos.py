@@ -4,7 +4,6 @@ import asyncpg
 from aiohttp import web
 
 from authsvc.appkeys import LIVE_SESSION, POOL
-from authsvc.auth.ids import parse_id
 from authsvc.db.repo import todos
 from authsvc.errors import NotFound
 from authsvc.http.answers import json_response
@@ -16,6 +15,7 @@ from authsvc.http.schemas import (
     TodoPatchSchema,
     TodoPutSchema,
 )
+from authsvc.http.views.common import path_id
 
 routes = web.RouteTableDef()
 
@@ -23,14 +23,6 @@ create_schema = TodoCreateSchema()
 put_schema = TodoPutSchema()
 patch_schema = TodoPatchSchema()
 list_query = TodoListQuery()
-
-
-def _todo_id(request: web.Request) -> int:
-    # Malformed and out-of-range ids name no todo: 404, like another user's todo.
-    todo_id = parse_id(request.match_info["id"])
-    if todo_id is None:
-        raise NotFound("No such todo.")
-    return todo_id
 
 
 def _found(todo: asyncpg.Record | None) -> web.Response:
@@ -83,14 +75,14 @@ async def create_todo(request: web.Request) -> web.Response:
 @requires("todos")
 @checks_session
 async def get_todo(request: web.Request) -> web.Response:
-    todo_id = _todo_id(request)
+    todo_id = path_id(request, "todo")
     async with request.app[POOL].acquire() as conn:
         todo = await todos.select_shown(conn, request[LIVE_SESSION], todo_id)
     return _found(todo)
 
 
 async def _update(request: web.Request, schema: TodoPatchSchema | TodoPutSchema) -> web.Response:
-    todo_id = _todo_id(request)
+    todo_id = path_id(request, "todo")
     data = await read_json(request, schema)
     live = request[LIVE_SESSION]
     async with request.app[POOL].acquire() as conn:
@@ -118,7 +110,7 @@ async def put_todo(request: web.Request) -> web.Response:
 @requires("todos")
 @checks_session
 async def delete_todo(request: web.Request) -> web.Response:
-    todo_id = _todo_id(request)
+    todo_id = path_id(request, "todo")
     async with request.app[POOL].acquire() as conn:
         if not await todos.delete(conn, request[LIVE_SESSION], todo_id):
             raise NotFound("No such todo.")
