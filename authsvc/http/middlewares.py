@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -197,10 +198,10 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         note_user(claims.user_id)
         return response
-    user, claims = await sessions.user_of(token)
+    user, _ = await sessions.user_of(token)  # the same claims, its session now checked
     request[CURRENT_USER] = user
     request[CURRENT_SESSION] = principal.session_id  # type: ignore[assignment]
-    request[PRINCIPAL] = Principal(USER, scopes, user_id=user.id, user=user, session_id=claims.session_id)
+    request[PRINCIPAL] = dataclasses.replace(principal, user=user)
     return await handler(request)
 
 
